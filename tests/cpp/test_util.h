@@ -43,6 +43,14 @@ inline LayerConfig make_config(int64_t T, int64_t d, int64_t n, int64_t E, int64
 
 }  // namespace sonicmoe::testing
 
+namespace sonicmoe {
+// Readable test names and failure messages for the option enums.
+inline void PrintTo(RoundingMode m, std::ostream* os) { *os << to_string(m); }
+inline void PrintTo(Activation a, std::ostream* os) { *os << to_string(a); }
+inline void PrintTo(RoutingKind k, std::ostream* os) { *os << to_string(k); }
+inline void PrintTo(DType t, std::ostream* os) { *os << to_string(t); }
+}  // namespace sonicmoe
+
 #define SONICMOE_ASSERT_OK(expr)                                  \
   do {                                                            \
     const ::sonicmoe::Status status_ = (expr);                    \
