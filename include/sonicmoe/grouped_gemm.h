@@ -1,0 +1,63 @@
+// sonicmoe/grouped_gemm.h — launch API of the grouped GEMM roles (DESIGN.md §4, kernels 1 and 2).
+//
+// Each role is one persistent warp-specialized sm_90a kernel over all experts at once. Expert row
+// counts stay on the device: the kernel walks `expert_offsets` itself, so a launch needs no host
+// synchronisation and can be captured in a CUDA graph. All tensors are row-major bf16 with fp32
+// accumulation; rows of H, A and Y are in grouped order (sorted by expert).
+//
+// Every entry point validates its arguments on the host before touching the GPU and returns a
+// Status naming the argument and the rule. Contents of device arrays (offsets, indices) cannot be
+// checked without a synchronisation; the kernels clamp them so that bad values never read or
+// write out of bounds, but the results are then meaningless. Contract for them:
+//   expert_offsets[0] == 0, non-decreasing, expert_offsets[E] == num_rows;
+//   0 <= gather_idx[r] < num_tokens.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "sonicmoe/status.h"
+#include "sonicmoe/types.h"
+
+namespace sonicmoe {
+
+// Up-projection forward with the SwiGLU epilogue:
+//   H[r, :] = x[gather_idx[r], :] · W1_eᵀ (+ b1_e)   for every grouped row r of expert e,
+//   A[r, j] = silu(H[r, 2j]) · H[r, 2j+1]            computed from the fp32 accumulator.
+struct UpProjParams {
+  const bfloat16* x = nullptr;               // [num_tokens, hidden], 16-byte aligned
+  const bfloat16* w1 = nullptr;              // [num_experts, 2*intermediate, hidden], gate/up rows interleaved
+  const bfloat16* b1 = nullptr;              // optional [num_experts, 2*intermediate]
+  const int32_t* expert_offsets = nullptr;   // device [num_experts + 1], exclusive prefix sum
+  const int32_t* gather_idx = nullptr;       // device [num_rows], grouped row -> token
+  bfloat16* h = nullptr;                     // out [num_rows, 2*intermediate]
+  bfloat16* a = nullptr;                     // out [num_rows, intermediate]
+  int64_t num_tokens = 0;                    // T
+  int64_t num_rows = 0;                      // TK, routed rows
+  int64_t hidden = 0;                        // d, multiple of 8
+  int64_t intermediate = 0;                  // n, multiple of 8
+  int64_t num_experts = 0;                   // E
+};
+
+// Down-projection forward: Y[r, :] = A[r, :] · W2_eᵀ (+ b2_e), A in grouped order.
+struct DownProjParams {
+  const bfloat16* a = nullptr;               // [num_rows, intermediate], 16-byte aligned
+  const bfloat16* w2 = nullptr;              // [num_experts, hidden, intermediate]
+  const bfloat16* b2 = nullptr;              // optional [num_experts, hidden]
+  const int32_t* expert_offsets = nullptr;   // device [num_experts + 1]
+  bfloat16* y = nullptr;                     // out [num_rows, hidden]
+  int64_t num_rows = 0;                      // TK
+  int64_t hidden = 0;                        // d, multiple of 8
+  int64_t intermediate = 0;                  // n, multiple of 8
+  int64_t num_experts = 0;                   // E
+};
+
+// Host-only argument checks (no CUDA call); the launch functions run them first.
+Status validate(const UpProjParams& params);
+Status validate(const DownProjParams& params);
+
+Status grouped_gemm_up_proj(const UpProjParams& params, cudaStream_t stream);
+Status grouped_gemm_down_proj(const DownProjParams& params, cudaStream_t stream);
+
+}  // namespace sonicmoe
