@@ -15,6 +15,7 @@
 #include "reference/gpu_reference.cuh"
 #include "sonicmoe/device.h"
 #include "sonicmoe/grouped_gemm.h"
+#include "sonicmoe/grouped_gemm_weight_grad.h"
 #include "sonicmoe/reference.h"
 
 namespace {
@@ -97,6 +98,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  std::setvbuf(stdout, nullptr, _IONBF, 0);  // progress survives a timeout
   const DeviceInfo dev = query_device();
   if (!dev.is_hopper) {
     std::printf("gemm_bench: needs an sm_90 GPU: %s\n", dev.reason.c_str());
@@ -128,6 +130,7 @@ int main(int argc, char** argv) {
     std::vector<Row> rows;
     auto time_role = [&](Row row, int64_t dm, int64_t dn, int64_t dk, const std::function<Status()>& ours,
                          const std::function<double()>& check) {
+      std::printf("  ... %s\n", row.role.c_str());
       DenseGemm dense(handle, dm, dn, dk);
       row.dense_ms = median_ms([&] { dense.run(); }, stream, 5, reps);
       if (ours) {
@@ -135,9 +138,9 @@ int main(int argc, char** argv) {
         if (!st.ok()) {
           row.note = st.message();
         } else {
-          BENCH_CUDA(cudaStreamSynchronize(stream));
-          row.error = check();
+          // Timed first, checked after (the reference is slow), both before the row is printed.
           row.ours_ms = median_ms([&] { throw_if_error(ours()); }, stream, 5, reps);
+          row.error = check();
         }
       } else {
         row.note = "not implemented yet";
@@ -177,7 +180,28 @@ int main(int argc, char** argv) {
                 return relative_error(y.ptr, ref, size_t(TK * s.d));
               });
     time_role({.role = "dH (gather+dSwiGLU)", .flops = 2.0 * TK * s.d * s.n}, TK, s.n, s.d, nullptr, nullptr);
-    time_role({.role = "dW2 (varlen K)", .flops = 2.0 * TK * s.d * s.n}, s.d, s.n, TK, nullptr, nullptr);
+    DeviceBf16 dout(size_t(s.T * s.d), 1.f, 10), dw2(size_t(s.E * s.d * s.n), 0.f, 11),
+        dw1(size_t(s.E * 2 * s.n * s.d), 0.f, 12);
+    const DownProjWeightGradParams dw2p{.grad_out = reinterpret_cast<const bfloat16*>(dout.ptr),
+                                        .a_scaled = reinterpret_cast<const bfloat16*>(a.ptr),
+                                        .expert_offsets = routing.offsets, .gather_idx = routing.gather,
+                                        .grad_w2 = reinterpret_cast<bfloat16*>(dw2.ptr), .num_tokens = s.T,
+                                        .num_rows = TK, .hidden = s.d, .intermediate = s.n, .num_experts = s.E};
+    time_role({.role = "dW2 (gather, varlen K)", .flops = 2.0 * TK * s.d * s.n}, s.d, s.n, TK,
+              [&] { return grouped_gemm_down_proj_weight_grad(dw2p, stream); },
+              [&] {
+                float* wref = nullptr;
+                BENCH_CUDA(cudaMalloc(&wref, size_t(s.E * s.d * s.n) * 4));
+                BENCH_CUDA(gpu_reference::run(
+                    gpu_reference::WeightsProblem{.num_experts = s.E, .m = s.d, .n = s.n,
+                                                  .expert_offsets = routing.offsets, .left_gather = routing.gather,
+                                                  .left = dout.ptr, .right = a.ptr, .out = wref},
+                    stream));
+                BENCH_CUDA(cudaStreamSynchronize(stream));
+                const double e = relative_error(dw2.ptr, wref, size_t(s.E * s.d * s.n));
+                cudaFree(wref);
+                return e;
+              });
     const UpProjInputGradParams dxp{.dh = reinterpret_cast<const bfloat16*>(dh.ptr),
                                     .w1 = reinterpret_cast<const bfloat16*>(w1.ptr), .expert_offsets = routing.offsets,
                                     .dx_rows = reinterpret_cast<bfloat16*>(dx_rows.ptr), .num_rows = TK,
@@ -193,7 +217,26 @@ int main(int argc, char** argv) {
                 BENCH_CUDA(cudaStreamSynchronize(stream));
                 return relative_error(dx_rows.ptr, ref, size_t(TK * s.d));
               });
-    time_role({.role = "dW1 (varlen K)", .flops = 2.0 * TK * 2 * s.n * s.d}, 2 * s.n, s.d, TK, nullptr, nullptr);
+    const UpProjWeightGradParams dw1p{.grad_h = reinterpret_cast<const bfloat16*>(dh.ptr),
+                                      .x = reinterpret_cast<const bfloat16*>(x.ptr), .expert_offsets = routing.offsets,
+                                      .gather_idx = routing.gather, .grad_w1 = reinterpret_cast<bfloat16*>(dw1.ptr),
+                                      .num_tokens = s.T, .num_rows = TK, .hidden = s.d, .h_cols = 2 * s.n,
+                                      .num_experts = s.E};
+    time_role({.role = "dW1 (gather, varlen K)", .flops = 2.0 * TK * 2 * s.n * s.d}, 2 * s.n, s.d, TK,
+              [&] { return grouped_gemm_up_proj_weight_grad(dw1p, stream); },
+              [&] {
+                float* wref = nullptr;
+                BENCH_CUDA(cudaMalloc(&wref, size_t(s.E * 2 * s.n * s.d) * 4));
+                BENCH_CUDA(gpu_reference::run(
+                    gpu_reference::WeightsProblem{.num_experts = s.E, .m = 2 * s.n, .n = s.d,
+                                                  .expert_offsets = routing.offsets, .right_gather = routing.gather,
+                                                  .left = dh.ptr, .right = x.ptr, .out = wref},
+                    stream));
+                BENCH_CUDA(cudaStreamSynchronize(stream));
+                const double e = relative_error(dw1.ptr, wref, size_t(s.E * 2 * s.n * s.d));
+                cudaFree(wref);
+                return e;
+              });
 
     std::printf("  %-26s %10s %9s %10s %9s %8s %10s\n", "role", "ours ms", "TFLOPS", "cuBLAS ms", "TFLOPS",
                 "ratio", "rel.err");

@@ -53,11 +53,27 @@ struct DownProjParams {
   int64_t num_experts = 0;                   // E
 };
 
+// Input gradient of the up-projection (kernel 6): dX̃[r, :] = dH[r, :] · W1_e for every grouped
+// row r of expert e, dH in grouped order. W1 is read as stored ([E, 2n, d], N-contiguous for
+// this GEMM). The per-token sum over the K routed rows is a separate gather-and-sum kernel.
+struct UpProjInputGradParams {
+  const bfloat16* dh = nullptr;              // [num_rows, 2*intermediate], 16-byte aligned
+  const bfloat16* w1 = nullptr;              // [num_experts, 2*intermediate, hidden]
+  const int32_t* expert_offsets = nullptr;   // device [num_experts + 1]
+  bfloat16* dx_rows = nullptr;               // out [num_rows, hidden]: dX̃ per routed row
+  int64_t num_rows = 0;                      // TK
+  int64_t hidden = 0;                        // d, multiple of 8
+  int64_t intermediate = 0;                  // n, multiple of 8
+  int64_t num_experts = 0;                   // E
+};
+
 // Host-only argument checks (no CUDA call); the launch functions run them first.
 Status validate(const UpProjParams& params);
 Status validate(const DownProjParams& params);
+Status validate(const UpProjInputGradParams& params);
 
 Status grouped_gemm_up_proj(const UpProjParams& params, cudaStream_t stream);
 Status grouped_gemm_down_proj(const DownProjParams& params, cudaStream_t stream);
+Status grouped_gemm_up_proj_input_grad(const UpProjInputGradParams& params, cudaStream_t stream);
 
 }  // namespace sonicmoe

@@ -13,19 +13,23 @@ namespace sonicmoe::gemm {
 // One cooperative configuration: a CTA computes a 128 x 256 output tile with two consumer
 // warpgroups (64 rows each, wgmma m64n256k16) and one producer warpgroup.
 //
-// Shared memory per stage: A 128x64 bf16 = 16 KiB + B 256x64 bf16 = 32 KiB = 48 KiB.
-// 4 stages = 192 KiB of the 227 KiB a CTA may use on sm_90; the barriers take 64 B more.
-// No epilogue staging buffer yet (the first epilogue stores from registers).
+// Shared memory per stage: A 128x64 bf16 = 16 KiB + B 256x64 bf16 = 32 KiB = 48 KiB, of the
+// 227 KiB a CTA may use on sm_90 (+64 B of barriers, +1 KiB alignment slack):
+//   4 stages = 192 KiB when the epilogue stores from registers (up-proj: H and A);
+//   3 stages = 144 KiB + a 128x256 bf16 output tile (64 KiB) = 208 KiB for the TMA-store
+//   epilogue (down-proj, dX̃), whose K loops are short (K = n or 2n), so a deeper pipeline buys
+//   less than overlapping the store with the next tile.
 //
 // Registers (65536 per SM, one CTA of 384 threads per SM): the producer warpgroup drops to
 // 56 (it holds 8 gathered row pointers = 16 registers plus loop state), the consumers rise to
 // 224: 128 fp32 accumulators per thread + epilogue temporaries.
 // 56*128 + 224*256 = 64512 <= 65536.
+template <int kStagesT>
 struct TileConfig128x256 {
   static constexpr int kTileM = 128;
   static constexpr int kTileN = 256;
   static constexpr int kTileK = 64;  // one 128-byte swizzle atom of bf16 along K
-  static constexpr int kStages = 4;
+  static constexpr int kStages = kStagesT;
   static constexpr int kConsumerWarpgroups = 2;
   static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
   static constexpr int kProducerRegisters = 56;
@@ -38,7 +42,8 @@ struct TileConfig128x256 {
 };
 
 // The configuration each role uses today.
-using UpProjTile = TileConfig128x256;
-using DownProjTile = TileConfig128x256;
+using UpProjTile = TileConfig128x256<4>;
+using DownProjTile = TileConfig128x256<3>;
+using UpProjInputGradTile = TileConfig128x256<3>;
 
 }  // namespace sonicmoe::gemm

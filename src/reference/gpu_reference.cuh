@@ -55,7 +55,28 @@ __device__ inline int64_t expert_of_row(const int32_t* offsets, int64_t num_expe
   return lo;
 }
 
-__global__ void rows_kernel(RowsProblem p) {
+// B_e(c, k) contiguous in k: one warp per output element, lanes striding over k, so both
+// operands are read coalesced.
+__global__ void rows_kernel_nk(RowsProblem p) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  const int64_t total = p.num_rows * p.n;
+  for (int64_t idx = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; idx < total; idx += warps) {
+    const int64_t r = idx / p.n, c = idx % p.n;
+    const int64_t e = expert_of_row(p.expert_offsets, p.num_experts, r);
+    const int64_t arow = p.gather_idx ? p.gather_idx[r] : r;
+    const __nv_bfloat16* a = p.a + arow * p.k;
+    const __nv_bfloat16* b = p.b + (e * p.n + c) * p.k;
+    float acc = 0.f;
+    for (int64_t k = lane; k < p.k; k += 32) acc = fmaf(__bfloat162float(a[k]), __bfloat162float(b[k]), acc);
+    for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+    if (lane == 0) p.out[idx] = acc + (p.bias ? __bfloat162float(p.bias[e * p.n + c]) : 0.f);
+  }
+}
+
+// B_e(c, k) contiguous in c: one thread per output element; neighbouring threads read
+// neighbouring columns of B and the same row of A.
+__global__ void rows_kernel_kn(RowsProblem p) {
   const int64_t total = p.num_rows * p.n;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -65,11 +86,7 @@ __global__ void rows_kernel(RowsProblem p) {
     const __nv_bfloat16* a = p.a + arow * p.k;
     const __nv_bfloat16* b = p.b + e * p.n * p.k;
     float acc = p.bias ? __bfloat162float(p.bias[e * p.n + c]) : 0.f;
-    if (p.b_is_nk) {
-      for (int64_t k = 0; k < p.k; ++k) acc = fmaf(__bfloat162float(a[k]), __bfloat162float(b[c * p.k + k]), acc);
-    } else {
-      for (int64_t k = 0; k < p.k; ++k) acc = fmaf(__bfloat162float(a[k]), __bfloat162float(b[k * p.n + c]), acc);
-    }
+    for (int64_t k = 0; k < p.k; ++k) acc = fmaf(__bfloat162float(a[k]), __bfloat162float(b[k * p.n + c]), acc);
     p.out[idx] = acc;
   }
 }
@@ -93,7 +110,10 @@ __global__ void weights_kernel(WeightsProblem p) {
 
 inline cudaError_t run(const RowsProblem& p, cudaStream_t stream) {
   if (p.num_rows == 0 || p.n == 0) return cudaSuccess;
-  detail::rows_kernel<<<4096, 256, 0, stream>>>(p);
+  if (p.b_is_nk)
+    detail::rows_kernel_nk<<<8192, 256, 0, stream>>>(p);
+  else
+    detail::rows_kernel_kn<<<4096, 256, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

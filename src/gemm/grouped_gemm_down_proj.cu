@@ -1,0 +1,59 @@
+// src/gemm/grouped_gemm_down_proj.cu — role 2, down-projection forward: Y = A_e · W2_eᵀ (+b2)
+// over contiguous grouped rows of A. First version: A comes through the same cp.async path as
+// the gathered roles with identity rows (a TMA load of A is a later speed step); B by TMA; plain
+// bf16 store of Y (TMA store for tiles inside an expert).
+#include <cuda_bf16.h>
+
+#include "gemm/epilogue_store.cuh"
+#include "gemm/launch_sm90_grouped.cuh"
+#include "gemm/mainloop_sm90_tma_gather.cuh"
+#include "gemm/tile_config.h"
+#include "gemm/validate_grouped_gemm.h"
+#include "sonicmoe/grouped_gemm.h"
+
+namespace sonicmoe {
+
+Status validate(const DownProjParams& p) {
+  using namespace gemm::detail;
+  SONICMOE_RETURN_IF_ERROR(require_feature_size(p.hidden, "hidden"));
+  SONICMOE_RETURN_IF_ERROR(require_feature_size(p.intermediate, "intermediate"));
+  SONICMOE_RETURN_IF_ERROR(require_count(p.num_experts, "num_experts", 1));
+  SONICMOE_RETURN_IF_ERROR(require_count(p.num_rows, "num_rows", 0));
+  SONICMOE_RETURN_IF_ERROR(require_pointer(p.a, "a", 16));
+  SONICMOE_RETURN_IF_ERROR(require_pointer(p.w2, "w2", 16));
+  SONICMOE_RETURN_IF_ERROR(require_optional_pointer(p.b2, "b2", 4));
+  SONICMOE_RETURN_IF_ERROR(require_pointer(p.expert_offsets, "expert_offsets", 4));
+  SONICMOE_RETURN_IF_ERROR(require_pointer(p.y, "y", 16));
+  return Status();
+}
+
+Status grouped_gemm_down_proj(const DownProjParams& p, cudaStream_t stream) {
+  SONICMOE_RETURN_IF_ERROR(validate(p));
+  using Cfg = gemm::DownProjTile;
+  using Mainloop = gemm::MainloopSm90TmaGather<Cfg>;
+  using Epilogue = gemm::EpilogueStoreTma<Cfg>;
+  using Element = typename Mainloop::Element;
+  const int n_total = int(p.hidden);
+  const int k = int(p.intermediate);
+  gemm::GroupedKernelParams<Mainloop, Epilogue> params{
+      .mainloop = {.tma_b = Mainloop::make_tma_b(reinterpret_cast<const Element*>(p.w2), n_total, k,
+                                                 int(p.num_experts)),
+                   .a = reinterpret_cast<const Element*>(p.a),
+                   .lda = p.intermediate,
+                   .gather_idx = nullptr,
+                   .a_rows = p.num_rows,
+                   .n = n_total,
+                   .k = k,
+                   .num_experts = int(p.num_experts)},
+      .epilogue = {.tma_d = Epilogue::make_tma_d(reinterpret_cast<Element*>(p.y), int(p.num_rows), n_total),
+                   .d = reinterpret_cast<__nv_bfloat16*>(p.y),
+                   .bias = reinterpret_cast<const __nv_bfloat16*>(p.b2),
+                   .ldd = p.hidden,
+                   .num_rows = int(p.num_rows)},
+      .expert_offsets = p.expert_offsets,
+      .num_experts = int(p.num_experts),
+      .num_rows = int(p.num_rows)};
+  return gemm::launch_grouped_gemm<Cfg>(params, stream);
+}
+
+}  // namespace sonicmoe

@@ -1,0 +1,57 @@
+// src/gemm/grouped_gemm_up_proj_input_grad.cu — role 6, dX̃ = dH_e · W1_e over contiguous
+// grouped rows of dH. B = W1 [E, 2n, d] is N-major for this GEMM (TMA + MN-major wgmma operand);
+// A = dH through the cp.async path with identity rows; bf16 store (TMA store for tiles inside an expert).
+#include <cuda_bf16.h>
+
+#include "gemm/epilogue_store.cuh"
+#include "gemm/launch_sm90_grouped.cuh"
+#include "gemm/mainloop_sm90_tma_gather.cuh"
+#include "gemm/tile_config.h"
+#include "gemm/validate_grouped_gemm.h"
+#include "sonicmoe/grouped_gemm.h"
+
+namespace sonicmoe {
+
+Status validate(const UpProjInputGradParams& p) {
+  using namespace gemm::detail;
+  SONICMOE_RETURN_IF_ERROR(require_feature_size(p.hidden, "hidden"));
+  SONICMOE_RETURN_IF_ERROR(require_feature_size(p.intermediate, "intermediate"));
+  SONICMOE_RETURN_IF_ERROR(require_count(p.num_experts, "num_experts", 1));
+  SONICMOE_RETURN_IF_ERROR(require_count(p.num_rows, "num_rows", 0));
+  SONICMOE_RETURN_IF_ERROR(require_pointer(p.dh, "dh", 16));
+  SONICMOE_RETURN_IF_ERROR(require_pointer(p.w1, "w1", 16));
+  SONICMOE_RETURN_IF_ERROR(require_pointer(p.expert_offsets, "expert_offsets", 4));
+  SONICMOE_RETURN_IF_ERROR(require_pointer(p.dx_rows, "dx_rows", 16));
+  return Status();
+}
+
+Status grouped_gemm_up_proj_input_grad(const UpProjInputGradParams& p, cudaStream_t stream) {
+  SONICMOE_RETURN_IF_ERROR(validate(p));
+  using Cfg = gemm::UpProjInputGradTile;
+  using Mainloop = gemm::MainloopSm90TmaGather<Cfg, cute::GMMA::Major::MN>;
+  using Epilogue = gemm::EpilogueStoreTma<Cfg>;
+  using Element = typename Mainloop::Element;
+  const int n_total = int(p.hidden);
+  const int k = int(2 * p.intermediate);
+  gemm::GroupedKernelParams<Mainloop, Epilogue> params{
+      .mainloop = {.tma_b = Mainloop::make_tma_b(reinterpret_cast<const Element*>(p.w1), n_total, k,
+                                                 int(p.num_experts)),
+                   .a = reinterpret_cast<const Element*>(p.dh),
+                   .lda = 2 * p.intermediate,
+                   .gather_idx = nullptr,
+                   .a_rows = p.num_rows,
+                   .n = n_total,
+                   .k = k,
+                   .num_experts = int(p.num_experts)},
+      .epilogue = {.tma_d = Epilogue::make_tma_d(reinterpret_cast<Element*>(p.dx_rows), int(p.num_rows), n_total),
+                   .d = reinterpret_cast<__nv_bfloat16*>(p.dx_rows),
+                   .bias = nullptr,
+                   .ldd = p.hidden,
+                   .num_rows = int(p.num_rows)},
+      .expert_offsets = p.expert_offsets,
+      .num_experts = int(p.num_experts),
+      .num_rows = int(p.num_rows)};
+  return gemm::launch_grouped_gemm<Cfg>(params, stream);
+}
+
+}  // namespace sonicmoe

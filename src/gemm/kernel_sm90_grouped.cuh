@@ -1,0 +1,84 @@
+// src/gemm/kernel_sm90_grouped.cuh — the persistent warp-specialized grouped GEMM kernel for
+// sm_90a, shared by every role: Mainloop (how A and B reach shared memory) x Epilogue (what
+// happens to the fp32 accumulators) over the ragged-expert tile scheduler.
+//
+// CTA = 1 producer warpgroup + Cfg::kConsumerWarpgroups consumer warpgroups (cooperative: the
+// consumers split one tile along M). setmaxnreg moves registers from the producer, which only
+// computes addresses, to the consumers, which hold the accumulators. The grid is at most one
+// CTA per SM; each CTA walks tiles blockIdx.x, blockIdx.x + gridDim.x, ... The producer runs
+// ahead across tile boundaries (it only waits for free stages), so the next tile's loads overlap
+// the current tile's epilogue.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "gemm/mainloop_sm90_tma_gather.cuh"
+#include "gemm/scheduler_grouped.cuh"
+
+namespace sonicmoe::gemm {
+
+template <class Mainloop, class Epilogue>
+struct GroupedKernelParams {
+  typename Mainloop::Args mainloop;
+  typename Epilogue::Params epilogue;
+  const int32_t* expert_offsets;  // [E+1] device
+  int num_experts;
+  int num_rows;
+};
+
+template <class Mainloop, class Epilogue>
+struct alignas(1024) GroupedKernelStorage {
+  typename Mainloop::SharedStorage mainloop;
+  typename Epilogue::SharedStorage epilogue;
+};
+
+template <class Cfg, class Mainloop, class Epilogue>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    grouped_gemm_sm90_kernel(const __grid_constant__ GroupedKernelParams<Mainloop, Epilogue> params) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using namespace cute;
+  extern __shared__ uint8_t smem_raw[];
+  // Swizzle-128 layouts need 1024-byte alignment; the launcher adds 1024 bytes of slack.
+  const uintptr_t base = (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023);
+  auto& storage = *reinterpret_cast<GroupedKernelStorage<Mainloop, Epilogue>*>(base);
+  auto& ss = storage.mainloop;
+
+  const int warpgroup = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    Mainloop::init_barriers(ss);
+    cute::prefetch_tma_descriptor(params.mainloop.tma_b.get_tma_descriptor());
+    Epilogue::prefetch(params.epilogue);
+  }
+  __syncthreads();
+
+  const auto& ml = params.mainloop;
+  const int n_blocks = (ml.n + Cfg::kTileN - 1) / Cfg::kTileN;
+  const int k_tiles = (ml.k + Cfg::kTileK - 1) / Cfg::kTileK;
+  GroupedTileScheduler<Cfg::kTileM> sched(params.expert_offsets, params.num_experts, params.num_rows, n_blocks);
+
+  if (warpgroup == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegisters>();
+    Mainloop::produce(ml, ss, sched, k_tiles);
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegisters>();
+    typename Mainloop::TiledMma tiled_mma;
+    const int consumer_thread = threadIdx.x - 128;
+    auto thr_mma = tiled_mma.get_thread_slice(consumer_thread);
+    Tensor accum = partition_fragment_C(tiled_mma, Shape<Int<Cfg::kTileM>, Int<Cfg::kTileN>>{});
+    Tensor coords = thr_mma.partition_C(make_identity_tensor(Shape<Int<Cfg::kTileM>, Int<Cfg::kTileN>>{}));
+    int stage = 0;
+    uint32_t phase = 0;
+    for (int tile = blockIdx.x;; tile += gridDim.x) {
+      WorkTile work;
+      if (!sched.find(tile, work)) break;
+      Mainloop::mma(tiled_mma, thr_mma, accum, ss, k_tiles, stage, phase);
+      Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n,
+                                                          storage.epilogue, consumer_thread);
+    }
+    Epilogue::finish(consumer_thread);
+  }
+#endif
+}
+
+}  // namespace sonicmoe::gemm

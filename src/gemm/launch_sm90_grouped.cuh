@@ -1,0 +1,50 @@
+// src/gemm/launch_sm90_grouped.cuh — host side of the grouped GEMM skeleton: builds the TMA
+// descriptor of the weight operand, sizes the persistent grid from the SM count and an upper
+// bound on the tile count (the exact count is only known on the device), and launches.
+// No synchronisation, no allocation: safe inside CUDA-graph capture.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <atomic>
+#include <string>
+
+#include "gemm/kernel_sm90_grouped.cuh"
+#include "sonicmoe/status.h"
+
+namespace sonicmoe::gemm {
+
+inline Status cuda_status(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return Status();
+  return Status::error(StatusCode::cuda_error, std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+template <class Cfg, class Mainloop, class Epilogue>
+Status launch_grouped_gemm(const GroupedKernelParams<Mainloop, Epilogue>& params, cudaStream_t stream) {
+  if (params.num_rows == 0) return Status();  // nothing routed: nothing to write
+  auto kernel = grouped_gemm_sm90_kernel<Cfg, Mainloop, Epilogue>;
+  const size_t smem_bytes = sizeof(GroupedKernelStorage<Mainloop, Epilogue>) + 1024;
+  int device = 0, sms = 0;
+  SONICMOE_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
+  // The shared-memory opt-in is set once per device and kernel (it is a host-side attribute, so
+  // later launches, including ones under stream capture, skip the call).
+  static std::atomic<uint64_t> configured_devices{0};
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (bit == 0 || !(configured_devices.load(std::memory_order_acquire) & bit)) {
+    SONICMOE_RETURN_IF_ERROR(cuda_status(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)),
+        "cudaFuncSetAttribute(grouped_gemm_sm90_kernel)"));
+    configured_devices.fetch_or(bit, std::memory_order_acq_rel);
+  }
+  SONICMOE_RETURN_IF_ERROR(
+      cuda_status(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute"));
+  const int64_t n_blocks = (params.mainloop.n + Cfg::kTileN - 1) / Cfg::kTileN;
+  // Each expert owns ceil(rows/kTileM) m-blocks <= rows/kTileM + 1.
+  const int64_t max_tiles = (int64_t(params.num_rows) / Cfg::kTileM + params.num_experts) * n_blocks;
+  const int grid = int(std::max<int64_t>(1, std::min<int64_t>(sms, max_tiles)));
+  kernel<<<grid, Cfg::kThreads, smem_bytes, stream>>>(params);
+  return cuda_status(cudaGetLastError(), "grouped_gemm_sm90_kernel launch");
+}
+
+}  // namespace sonicmoe::gemm

@@ -1,0 +1,227 @@
+// src/gemm/mainloop_sm90_tma_gather.cuh — the sm_90a mainloop of the grouped GEMM skeleton:
+// A rows gathered by cp.async (through an index array, or the identity for contiguous grouped
+// rows), B (the expert's weight, [E, N, K] K-major) by TMA, wgmma on both from shared memory.
+//
+// Producer (warpgroup 0, 128 threads): per stage, thread 0 arms the stage's full barrier with the
+// B bytes (arrive-expect-tx) and issues the TMA; every producer thread issues its 8 16-byte
+// cp.async copies of A and commits them with cp.async.mbarrier.arrive.noinc, so the full barrier
+// (arrival count 1 + 128) completes only when the TMA bytes and all A copies have landed. Rows
+// past the expert's end and K columns past K are zero-filled (cp.async src-size 0; TMA
+// out-of-bounds fill), so tails of any length add nothing to the accumulators.
+//
+// Consumers (warpgroups 1..2): wait for the full barrier, issue the k-tile's wgmmas, and release
+// the previous k-tile's stage on its empty barrier once its wgmmas retired (one arrival per
+// consumer warp).
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/atom/copy_traits_sm90_tma.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/bfloat16.h>
+
+#include "gemm/scheduler_grouped.cuh"
+
+namespace sonicmoe::gemm {
+
+// kMajorB: how the weight is stored. K-major: [E, N, K] with K contiguous (the forward roles:
+// W1 for up-proj, W2 for down-proj). MN-major: [E, K, N] with N contiguous (the backward
+// dX̃ = dH · W1, which reads W1 [E, 2n, d] untransposed). wgmma reads 16-bit MN-major operands
+// from shared memory natively, so only the smem atom, the TMA view and the MMA atom change.
+template <class Cfg, cute::GMMA::Major kMajorB = cute::GMMA::Major::K>
+struct MainloopSm90TmaGather {
+  using Element = cutlass::bfloat16_t;
+  static constexpr int kTileM = Cfg::kTileM;
+  static constexpr int kTileN = Cfg::kTileN;
+  static constexpr int kTileK = Cfg::kTileK;
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kConsumerWarps = Cfg::kConsumerWarpgroups * 4;
+  static constexpr int kProducerThreads = 128;
+
+  using TileM = cute::Int<kTileM>;
+  using TileN = cute::Int<kTileN>;
+  using TileK = cute::Int<kTileK>;
+  using StagesC = cute::Int<kStages>;
+
+  // 128-byte swizzled K-major atoms (8 rows x 64 bf16): the layout wgmma reads without bank
+  // conflicts and TMA writes natively; the cp.async producer writes through the same layout.
+  static constexpr bool kBIsMN = kMajorB == cute::GMMA::Major::MN;
+  using SmemLayoutAtomA = cute::GMMA::Layout_K_SW128_Atom<Element>;
+  using SmemLayoutA = decltype(cute::tile_to_shape(SmemLayoutAtomA{}, cute::Shape<TileM, TileK, StagesC>{}));
+  // MN-major B: 64(N) x 8(K) atoms, stacked along K first (the order CUTLASS's sm90 collectives
+  // use for MN-major operands, which the GMMA descriptors expect).
+  using SmemLayoutAtomB = cute::conditional_t<kBIsMN, cute::GMMA::Layout_MN_SW128_Atom<Element>,
+                                              cute::GMMA::Layout_K_SW128_Atom<Element>>;
+  using SmemLayoutB = decltype(cute::tile_to_shape(
+      SmemLayoutAtomB{}, cute::Shape<TileN, TileK, StagesC>{},
+      cute::conditional_t<kBIsMN, cute::Step<cute::_2, cute::_1, cute::_3>, cute::Step<cute::_1, cute::_2, cute::_3>>{}));
+
+  // Consumer warpgroups split the tile along M: each issues m64 x kTileN x k16 wgmmas.
+  using TiledMma = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, float, cute::Shape<cute::_64, TileN, TileK>,
+                                 cute::GMMA::Major::K, kMajorB>(),
+      cute::Layout<cute::Shape<cute::Int<Cfg::kConsumerWarpgroups>, cute::_1, cute::_1>>{}));
+  static_assert(kTileM == 64 * Cfg::kConsumerWarpgroups, "one m64 wgmma row block per consumer warpgroup");
+  static_assert(Cfg::kChunksPerRow * Cfg::kRowsPerPass == kProducerThreads, "gather thread mapping");
+
+  struct alignas(1024) SharedStorage {
+    alignas(1024) Element a[cute::cosize_v<SmemLayoutA>];
+    alignas(1024) Element b[cute::cosize_v<SmemLayoutB>];
+    alignas(8) uint64_t full[kStages];
+    alignas(8) uint64_t empty[kStages];
+  };
+
+  // The weight tensor seen by TMA: (N, K, E), K contiguous ([E, N, K]) or N contiguous
+  // ([E, K, N]); 64-bit strides because E*N*K exceeds 2^31 elements for real models.
+  static auto make_tma_b(const Element* w, int n, int k, int experts) {
+    using namespace cute;
+    auto shape = make_shape(n, k, experts);
+    const int64_t expert_stride = int64_t(n) * int64_t(k);
+    if constexpr (kBIsMN) {
+      auto g = make_tensor(make_gmem_ptr(w), make_layout(shape, make_stride(_1{}, int64_t(n), expert_stride)));
+      return make_tma_copy(SM90_TMA_LOAD{}, g, SmemLayoutB{}(_, _, 0), make_shape(TileN{}, TileK{}), Int<1>{});
+    } else {
+      auto g = make_tensor(make_gmem_ptr(w), make_layout(shape, make_stride(int64_t(k), _1{}, expert_stride)));
+      return make_tma_copy(SM90_TMA_LOAD{}, g, SmemLayoutB{}(_, _, 0), make_shape(TileN{}, TileK{}), Int<1>{});
+    }
+  }
+  using TmaB = decltype(make_tma_b(nullptr, 1, 1, 1));
+  static constexpr uint32_t kTmaBytesB = uint32_t(kTileN * kTileK * sizeof(Element));
+
+  struct Args {
+    TmaB tma_b;
+    const Element* a;           // A rows: x [num_tokens, K] (gathered) or A [num_rows, K]
+    int64_t lda;                // elements between rows of A
+    const int32_t* gather_idx;  // grouped row -> A row; nullptr = identity
+    int64_t a_rows;             // rows of the A tensor (bound for gathered indices)
+    int n;                      // N of the GEMM (rows of each expert's weight)
+    int k;                      // K of the GEMM
+    int num_experts;
+  };
+
+  __device__ static void init_barriers(SharedStorage& ss) {
+    for (int s = 0; s < kStages; ++s) {
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.full[s], 1 + kProducerThreads);
+      cutlass::arch::ClusterBarrier::init(&ss.empty[s], kConsumerWarps);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+
+  __device__ static void cp_async_16_zfill(uint32_t smem_addr, const void* gmem, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem), "r"(src_bytes)
+                 : "memory");
+  }
+
+  // Producer warpgroup body: walks the same tiles as the consumers and fills the stages.
+  template <int kTileMSched>
+  __device__ static void produce(Args const& args, SharedStorage& ss, GroupedTileScheduler<kTileMSched>& sched,
+                                 int k_tiles) {
+    using namespace cute;
+    const int t = threadIdx.x % kProducerThreads;
+    const int chunk = t % Cfg::kChunksPerRow;
+    const int row0 = t / Cfg::kChunksPerRow;
+
+    Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
+    Tensor sB = make_tensor(make_smem_ptr(ss.b), SmemLayoutB{});
+    Tensor mB = args.tma_b.get_tma_tensor(make_shape(args.n, args.k, args.num_experts));
+    Tensor gB = local_tile(mB, Shape<TileM, TileN, TileK>{}, make_coord(_, _, _), Step<X, _1, _1>{});  // (BN,BK,n,k,E)
+    auto [tBgB, tBsB] = tma_partition(args.tma_b, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sB),
+                                      group_modes<0, 2>(gB));  // (TMA,n,k,E), (TMA,stage)
+
+    // Shared-memory addresses of this thread's 8 A chunks in stage 0 (rows row0 + 16p keep the
+    // same swizzle phase, but going through the layout keeps the encoding in one place).
+    uint32_t dst0[Cfg::kPasses];
+#pragma unroll
+    for (int p = 0; p < Cfg::kPasses; ++p)
+      dst0[p] = cast_smem_ptr_to_uint(&sA(row0 + p * Cfg::kRowsPerPass, chunk * 8, 0));
+    constexpr uint32_t kStageBytesA = kTileM * kTileK * sizeof(Element);
+
+    int stage = 0;
+    uint32_t phase = 1;  // fresh empty barriers: waiting on parity 1 passes at once
+    for (int tile = blockIdx.x;; tile += gridDim.x) {
+      WorkTile work;
+      if (!sched.find(tile, work)) break;
+      const int m0 = work.m_block * kTileM;
+      const int tile_rows = min(kTileM, work.rows - m0);
+      const Element* src[Cfg::kPasses];
+#pragma unroll
+      for (int p = 0; p < Cfg::kPasses; ++p) {
+        const int r = row0 + p * Cfg::kRowsPerPass;
+        src[p] = nullptr;
+        if (r < tile_rows) {
+          const int64_t grouped_row = int64_t(work.row_start) + m0 + r;
+          const int64_t a_row = args.gather_idx ? int64_t(__ldg(args.gather_idx + grouped_row)) : grouped_row;
+          if (a_row >= 0 && a_row < args.a_rows) src[p] = args.a + a_row * args.lda + chunk * 8;
+        }
+      }
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        cutlass::arch::ClusterBarrier::wait(&ss.empty[stage], phase);
+        if (t == 0) {
+          cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.full[stage], kTmaBytesB);
+          copy(args.tma_b.with(ss.full[stage]), tBgB(_, work.n_block, kt, work.expert), tBsB(_, stage));
+        }
+        const bool k_in = kt * kTileK + chunk * 8 < args.k;
+#pragma unroll
+        for (int p = 0; p < Cfg::kPasses; ++p) {
+          const bool ok = k_in && src[p] != nullptr;
+          cp_async_16_zfill(dst0[p] + stage * kStageBytesA, ok ? src[p] + kt * kTileK : args.a, ok ? 16 : 0);
+        }
+        cutlass::arch::cpasync_barrier_arrive_noinc(&ss.full[stage]);
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+    }
+    cute::cp_async_wait<0>();
+  }
+
+  // Consumer: one output tile's k-loop into `accum`. stage/phase persist across tiles. One
+  // k-tile's wgmma batch stays in flight while the next one is issued; a stage is released once
+  // the batch that read it has retired (warpgroup_wait<1>).
+  template <class ThrMma, class Accum>
+  __device__ static void mma(TiledMma& tiled_mma, ThrMma const& thr_mma, Accum& accum, SharedStorage& ss,
+                             int k_tiles, int& stage, uint32_t& phase) {
+    using namespace cute;
+    Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
+    Tensor sB = make_tensor(make_smem_ptr(ss.b), SmemLayoutB{});
+    Tensor tCsA = thr_mma.partition_A(sA);  // (MMA,MMA_M,MMA_K,stage)
+    Tensor tCsB = thr_mma.partition_B(sB);
+    Tensor tCrA = thr_mma.make_fragment_A(tCsA);  // smem descriptors
+    Tensor tCrB = thr_mma.make_fragment_B(tCsB);
+    const bool lane0 = (threadIdx.x & 31) == 0;
+
+    tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+    int release_stage = stage;
+    warpgroup_fence_operand(accum);
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      cutlass::arch::ClusterTransactionBarrier::wait(&ss.full[stage], phase);
+      // The A bytes were written by cp.async (generic proxy); wgmma reads through the async
+      // proxy. Order them explicitly.
+      cutlass::arch::fence_view_async_shared();
+      warpgroup_fence_operand(accum);
+      warpgroup_arrive();
+#pragma unroll
+      for (int kb = 0; kb < size<2>(tCrA); ++kb) {
+        cute::gemm(tiled_mma, tCrA(_, _, kb, stage), tCrB(_, _, kb, stage), accum);
+        tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+      }
+      warpgroup_commit_batch();
+      warpgroup_fence_operand(accum);
+      if (kt > 0) {
+        warpgroup_wait<1>();  // the previous k-tile's batch has retired: its stage is free
+        if (lane0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[release_stage]);
+        release_stage = release_stage + 1 == kStages ? 0 : release_stage + 1;
+      }
+      if (++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(accum);
+    if (lane0 && k_tiles > 0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[release_stage]);
+  }
+};
+
+}  // namespace sonicmoe::gemm
