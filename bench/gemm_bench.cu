@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "reference/gpu_reference.cuh"
 #include "sonicmoe/device.h"
 #include "sonicmoe/grouped_gemm.h"
+#include "sonicmoe/grouped_gemm_act_grad.h"
 #include "sonicmoe/grouped_gemm_weight_grad.h"
 #include "sonicmoe/reference.h"
 
@@ -179,7 +181,58 @@ int main(int argc, char** argv) {
                 BENCH_CUDA(cudaStreamSynchronize(stream));
                 return relative_error(y.ptr, ref, size_t(TK * s.d));
               });
-    time_role({.role = "dH (gather+dSwiGLU)", .flops = 2.0 * TK * s.d * s.n}, TK, s.n, s.d, nullptr, nullptr);
+    // dH: dO gathered, W2 as stored, the dSwiGLU / s·A / partial-dS epilogue. The check covers
+    // the GEMM part through dS = Σ dA'·A (grad_h and a_scaled are checked by the tests).
+    DeviceBf16 dout_g(size_t(s.T * s.d), 1.f, 13), grad_h(size_t(TK * 2 * s.n), 0.f, 14),
+        a_scaled(size_t(TK * s.n), 0.f, 15);
+    std::vector<float> host_scores(static_cast<size_t>(TK), 0.5f);
+    std::vector<int32_t> identity(static_cast<size_t>(TK));
+    for (int64_t i = 0; i < TK; ++i) identity[size_t(i)] = int32_t(i);
+    float *scores = nullptr, *ds_partial = nullptr;
+    int32_t* scatter = nullptr;
+    const int64_t ds_cols = down_proj_act_grad_partial_cols(s.n);
+    BENCH_CUDA(cudaMalloc(&scores, TK * 4));
+    BENCH_CUDA(cudaMalloc(&scatter, TK * 4));
+    BENCH_CUDA(cudaMalloc(&ds_partial, TK * ds_cols * 4));
+    BENCH_CUDA(cudaMemcpy(scores, host_scores.data(), TK * 4, cudaMemcpyHostToDevice));
+    BENCH_CUDA(cudaMemcpy(scatter, identity.data(), TK * 4, cudaMemcpyHostToDevice));
+    const DownProjActGradParams dhp{.grad_out = reinterpret_cast<const bfloat16*>(dout_g.ptr),
+                                    .w2 = reinterpret_cast<const bfloat16*>(w2.ptr),
+                                    .h = reinterpret_cast<const bfloat16*>(dh.ptr), .scores = scores,
+                                    .expert_offsets = routing.offsets, .gather_idx = routing.gather,
+                                    .scatter_idx = scatter, .grad_h = reinterpret_cast<bfloat16*>(grad_h.ptr),
+                                    .a_scaled = reinterpret_cast<bfloat16*>(a_scaled.ptr), .ds_partial = ds_partial,
+                                    .num_tokens = s.T, .num_rows = TK, .hidden = s.d, .intermediate = s.n,
+                                    .num_experts = s.E};
+    time_role({.role = "dH (gather+dSwiGLU+dS)", .flops = 2.0 * TK * s.d * s.n}, TK, s.n, s.d,
+              [&] { return grouped_gemm_down_proj_act_grad(dhp, stream); },
+              [&] {
+                // dS = Σ_j dA'·A, with dA' from the GPU reference and A from the same H.
+                BENCH_CUDA(gpu_reference::run(
+                    gpu_reference::RowsProblem{.num_rows = TK, .n = s.n, .k = s.d, .num_experts = s.E,
+                                               .expert_offsets = routing.offsets, .gather_idx = routing.gather,
+                                               .a = dout_g.ptr, .b = w2.ptr, .b_is_nk = false, .out = ref},
+                    stream));
+                BENCH_CUDA(cudaStreamSynchronize(stream));
+                std::vector<float> da(size_t(TK * s.n)), part(size_t(TK * ds_cols));
+                std::vector<__nv_bfloat16> hh(size_t(TK * 2 * s.n));
+                BENCH_CUDA(cudaMemcpy(da.data(), ref, da.size() * 4, cudaMemcpyDeviceToHost));
+                BENCH_CUDA(cudaMemcpy(part.data(), ds_partial, part.size() * 4, cudaMemcpyDeviceToHost));
+                BENCH_CUDA(cudaMemcpy(hh.data(), dh.ptr, hh.size() * 2, cudaMemcpyDeviceToHost));
+                double num = 0, den = 0;
+                for (int64_t r = 0; r < TK; ++r) {
+                  double want = 0, got = 0;
+                  for (int64_t j = 0; j < s.n; ++j) {
+                    const double g = __bfloat162float(hh[size_t(r * 2 * s.n + 2 * j)]),
+                                 u = __bfloat162float(hh[size_t(r * 2 * s.n + 2 * j + 1)]);
+                    want += da[size_t(r * s.n + j)] * g / (1 + std::exp(-g)) * u;
+                  }
+                  for (int64_t c = 0; c < ds_cols; ++c) got += part[size_t(r * ds_cols + c)];
+                  num += (got - want) * (got - want);
+                  den += want * want;
+                }
+                return std::sqrt(num / den);
+              });
     DeviceBf16 dout(size_t(s.T * s.d), 1.f, 10), dw2(size_t(s.E * s.d * s.n), 0.f, 11),
         dw1(size_t(s.E * 2 * s.n * s.d), 0.f, 12);
     const DownProjWeightGradParams dw2p{.grad_out = reinterpret_cast<const bfloat16*>(dout.ptr),
@@ -262,6 +315,9 @@ int main(int argc, char** argv) {
       std::fprintf(out, "  ]}%s\n", si + 1 < shapes.size() ? "," : "");
     }
     cudaFree(ref);
+    cudaFree(scores);
+    cudaFree(scatter);
+    cudaFree(ds_partial);
   }
   if (out) {
     std::fprintf(out, "]}\n");

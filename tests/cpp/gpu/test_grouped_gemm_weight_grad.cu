@@ -10,33 +10,11 @@
 #include <vector>
 
 #include "gpu/gpu_test_util.h"
+#include "gpu/ragged_routing.h"
 #include "sonicmoe/grouped_gemm_weight_grad.h"
 
 namespace sonicmoe::gpu_testing {
 namespace {
-
-uint64_t fresh_seed() { return std::random_device{}() * 0x9E3779B97F4A7C15ull + std::random_device{}(); }
-
-// Grouped routing with the given rows per expert: offsets, and a gather_idx whose rows inside an
-// expert are distinct tokens in ascending order (as the router makes them).
-struct Ragged {
-  std::vector<int32_t> offsets, gather;
-  int64_t num_tokens;
-  Ragged(const std::vector<int>& counts, int64_t tokens, std::mt19937_64& rng) : num_tokens(tokens) {
-    offsets.push_back(0);
-    std::vector<int32_t> all(static_cast<size_t>(tokens));
-    std::iota(all.begin(), all.end(), 0);
-    for (int c : counts) {
-      std::shuffle(all.begin(), all.end(), rng);
-      std::vector<int32_t> pick(all.begin(), all.begin() + c);
-      std::sort(pick.begin(), pick.end());
-      gather.insert(gather.end(), pick.begin(), pick.end());
-      offsets.push_back(offsets.back() + c);
-    }
-  }
-  int64_t rows() const { return offsets.back(); }
-  int64_t experts() const { return int64_t(offsets.size()) - 1; }
-};
 
 // out[e] (m x n) = Σ_rows left[lrow]ᵀ ⊗ right[rrow] in double.
 std::vector<double> weight_grad_reference(const Ragged& g, const std::vector<bfloat16>& left, bool left_gathered,

@@ -1,0 +1,94 @@
+// src/gemm/epilogue_dswiglu.cuh — the down-projection activation-gradient epilogue (kernel 4 of
+// DESIGN.md §4). The mainloop computed acc = dA' = dO[gather]·W2_e (the unscaled gradient of A);
+// per element (row r, column j) with s = scores[scatter_idx[r]] and (g, u) = H[r, 2j..2j+1]:
+//   A_j   = silu(g)·u                       (recomputed: A is never cached)
+//   dH    = dSwiGLU(g, u; s·acc)            -> grad_h [TK, 2n], bf16 pairs (dgate, dup)
+//   A'_j  = s·A_j                           -> a_scaled [TK, n] (the dW2 GEMM's operand)
+//   dS    = Σ_j acc·A_j over the tile's columns -> ds_partial[scatter_idx[r], n_block] (fp32)
+// The score gradient needs no Y: <dO, Y> = <dA', A>. Partial sums per N tile go to their own
+// column of ds_partial — no atomics, so the result is bitwise deterministic; a row-sum finishes
+// it. Rows of one thread live in the wgmma layout's quads (4 lanes share a row), so the row sum
+// is a register sum plus two quad shuffles. First version: stores from registers.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cute/tensor.hpp>
+
+#include <cstdint>
+
+#include "gemm/scheduler_grouped.cuh"
+
+namespace sonicmoe::gemm {
+
+struct EpilogueDSwiGLU {
+  struct Params {
+    const __nv_bfloat16* h;    // [num_rows, 2n] pre-activation saved by the forward
+    const float* scores;       // [num_rows] flat order
+    const int32_t* scatter;    // [num_rows] grouped row -> flat slot
+    __nv_bfloat16* grad_h;     // [num_rows, 2n]
+    __nv_bfloat16* a_scaled;   // [num_rows, n]
+    float* ds_partial;         // [num_rows, ds_cols] flat order
+    int64_t n;                 // intermediate size (N of this GEMM)
+    int ds_cols;               // N tiles = ceil(n / kTileN)
+  };
+
+  struct SharedStorage {};
+  __device__ static void prefetch(Params const&) {}
+  __device__ static void finish(int) {}
+
+  template <int kTileM, int kTileN, class Accum, class Coords>
+  __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
+                               int n_total, SharedStorage&, int /*consumer_thread*/) {
+    const int m0 = work.m_block * kTileM;
+    const int n0 = work.n_block * kTileN;
+    // In the m64 wgmma accumulator layout a thread owns two rows, r0 and r0 + 8.
+    const int r0 = cute::get<0>(coords(0));
+    const int local_lo = m0 + r0, local_hi = m0 + r0 + 8;
+    const bool lo_ok = local_lo < work.rows, hi_ok = local_hi < work.rows;
+    const int64_t row_lo = int64_t(work.row_start) + local_lo, row_hi = int64_t(work.row_start) + local_hi;
+    const int32_t slot_lo = lo_ok ? __ldg(p.scatter + row_lo) : 0, slot_hi = hi_ok ? __ldg(p.scatter + row_hi) : 0;
+    const float s_lo = lo_ok ? __ldg(p.scores + slot_lo) : 0.f, s_hi = hi_ok ? __ldg(p.scores + slot_hi) : 0.f;
+    float ds_lo = 0.f, ds_hi = 0.f;
+#pragma unroll
+    for (int i = 0; i < cute::size(accum); i += 2) {
+      const bool hi = cute::get<0>(coords(i)) != r0;
+      const int col = n0 + cute::get<1>(coords(i));  // even: columns col, col + 1 of dA'
+      if (!(hi ? hi_ok : lo_ok) || col >= n_total) continue;
+      const int64_t row = hi ? row_hi : row_lo;
+      const float s = hi ? s_hi : s_lo;
+      // H[row, 2col .. 2col+3] = (g0, u0, g1, u1): one 8-byte load.
+      const uint2 packed = *reinterpret_cast<const uint2*>(p.h + row * 2 * p.n + 2 * col);
+      const float2 gu0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.x));
+      const float2 gu1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.y));
+      float dgate[2], dup[2], a[2];
+      const float g[2] = {gu0.x, gu1.x}, u[2] = {gu0.y, gu1.y}, acc[2] = {accum(i), accum(i + 1)};
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const float sig = 1.0f / (1.0f + __expf(-g[c]));
+        const float silu = g[c] * sig;
+        a[c] = silu * u[c];
+        const float da = s * acc[c];
+        dgate[c] = da * u[c] * sig * (1.0f + g[c] * (1.0f - sig));
+        dup[c] = da * silu;
+        (hi ? ds_hi : ds_lo) += acc[c] * a[c];
+      }
+      uint2 out;
+      *reinterpret_cast<__nv_bfloat162*>(&out.x) = __floats2bfloat162_rn(dgate[0], dup[0]);
+      *reinterpret_cast<__nv_bfloat162*>(&out.y) = __floats2bfloat162_rn(dgate[1], dup[1]);
+      *reinterpret_cast<uint2*>(p.grad_h + row * 2 * p.n + 2 * col) = out;
+      *reinterpret_cast<__nv_bfloat162*>(p.a_scaled + row * p.n + col) = __floats2bfloat162_rn(s * a[0], s * a[1]);
+    }
+    // The four lanes of a quad hold the rest of the same two rows.
+    ds_lo += __shfl_xor_sync(0xffffffffu, ds_lo, 1);
+    ds_lo += __shfl_xor_sync(0xffffffffu, ds_lo, 2);
+    ds_hi += __shfl_xor_sync(0xffffffffu, ds_hi, 1);
+    ds_hi += __shfl_xor_sync(0xffffffffu, ds_hi, 2);
+    if ((threadIdx.x & 3) == 0) {
+      if (lo_ok) p.ds_partial[int64_t(slot_lo) * p.ds_cols + work.n_block] = ds_lo;
+      if (hi_ok) p.ds_partial[int64_t(slot_hi) * p.ds_cols + work.n_block] = ds_hi;
+    }
+  }
+};
+
+}  // namespace sonicmoe::gemm
