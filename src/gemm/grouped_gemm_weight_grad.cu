@@ -18,8 +18,10 @@ namespace {
 // 4 stages (192 KiB): the reduction runs over an expert's rows (hundreds to thousands), so the
 // pipeline depth matters more than an output staging buffer here.
 using Cfg = gemm::TileConfig128x256<4>;
-using Mainloop = gemm::MainloopSm90CpAsyncVarlenK<Cfg>;
-using Element = Mainloop::Element;
+// dW2 gathers its left operand (dO), dW1 its right one (x); the other comes by TMA.
+using MainloopDW2 = gemm::MainloopSm90CpAsyncVarlenK<Cfg, /*kGatherLeft=*/true>;
+using MainloopDW1 = gemm::MainloopSm90CpAsyncVarlenK<Cfg, /*kGatherLeft=*/false>;
+using Element = MainloopDW2::Element;
 
 Status cuda_status(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return Status();
@@ -27,9 +29,10 @@ Status cuda_status(cudaError_t err, const char* what) {
 }
 
 // out[e] (m x n) = Σ_rows left[lrow]ᵀ ⊗ right[rrow]; no synchronisation, no allocation.
+template <class Mainloop>
 Status launch_weight_grad(const gemm::VarlenKKernelParams<Mainloop>& params, cudaStream_t stream) {
   auto kernel = gemm::grouped_gemm_varlen_k_sm90_kernel<Cfg, Mainloop>;
-  const size_t smem_bytes = sizeof(Mainloop::SharedStorage) + 1024;
+  const size_t smem_bytes = sizeof(typename Mainloop::SharedStorage) + 1024;
   int device = 0, sms = 0;
   SONICMOE_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
   // The shared-memory opt-in is a per-device host attribute: set once, then skipped (also under
@@ -86,13 +89,22 @@ Status validate(const UpProjWeightGradParams& p) {
   return Status();
 }
 
+// Nothing routed: every expert's gradient is zero (and there is no row tensor to describe).
+static Status zero_gradient(bfloat16* out, int64_t count, cudaStream_t stream) {
+  return cuda_status(cudaMemsetAsync(out, 0, size_t(count) * sizeof(bfloat16), stream), "cudaMemsetAsync");
+}
+
 Status grouped_gemm_down_proj_weight_grad(const DownProjWeightGradParams& p, cudaStream_t stream) {
   SONICMOE_RETURN_IF_ERROR(validate(p));
-  const gemm::VarlenKKernelParams<Mainloop> params{
+  if (p.num_rows == 0) return zero_gradient(p.grad_w2, p.num_experts * p.hidden * p.intermediate, stream);
+  const auto* a_scaled = reinterpret_cast<const Element*>(p.a_scaled);
+  const gemm::VarlenKKernelParams<MainloopDW2> params{
       .mainloop = {.left = {reinterpret_cast<const Element*>(p.grad_out), p.hidden, p.gather_idx, p.num_tokens},
-                   .right = {reinterpret_cast<const Element*>(p.a_scaled), p.intermediate, nullptr, p.num_rows},
+                   .right = {a_scaled, p.intermediate, nullptr, p.num_rows},
                    .m = int(p.hidden),
-                   .n = int(p.intermediate)},
+                   .n = int(p.intermediate),
+                   .tma = MainloopDW2::make_tma_contig(a_scaled, int(p.intermediate), int(p.num_rows),
+                                                      p.intermediate)},
       .out = reinterpret_cast<__nv_bfloat16*>(p.grad_w2),
       .expert_offsets = p.expert_offsets,
       .num_experts = int(p.num_experts),
@@ -102,11 +114,15 @@ Status grouped_gemm_down_proj_weight_grad(const DownProjWeightGradParams& p, cud
 
 Status grouped_gemm_up_proj_weight_grad(const UpProjWeightGradParams& p, cudaStream_t stream) {
   SONICMOE_RETURN_IF_ERROR(validate(p));
-  const gemm::VarlenKKernelParams<Mainloop> params{
-      .mainloop = {.left = {reinterpret_cast<const Element*>(p.grad_h), p.h_cols, nullptr, p.num_rows},
+  if (p.num_rows == 0) return zero_gradient(p.grad_w1, p.num_experts * p.h_cols * p.hidden, stream);
+  const auto* grad_h = reinterpret_cast<const Element*>(p.grad_h);
+  const gemm::VarlenKKernelParams<MainloopDW1> params{
+      .mainloop = {.left = {grad_h, p.h_cols, nullptr, p.num_rows},
                    .right = {reinterpret_cast<const Element*>(p.x), p.hidden, p.gather_idx, p.num_tokens},
                    .m = int(p.h_cols),
-                   .n = int(p.hidden)},
+                   .n = int(p.hidden),
+                   .tma = MainloopDW1::make_tma_contig(grad_h, int(p.h_cols), int(p.num_rows),
+                                                      p.h_cols)},
       .out = reinterpret_cast<__nv_bfloat16*>(p.grad_w1),
       .expert_offsets = p.expert_offsets,
       .num_experts = int(p.num_experts),

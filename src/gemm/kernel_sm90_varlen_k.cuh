@@ -1,6 +1,6 @@
 // src/gemm/kernel_sm90_varlen_k.cuh — the persistent warp-specialized kernel of the weight-
 // gradient GEMMs (varlen K) and its bf16 store epilogue: a producer warpgroup filling the stages
-// by cp.async, two consumer warpgroups issuing wgmma on a 128 x 256 tile, over the
+// (cp.async gather + TMA), two consumer warpgroups issuing wgmma on a 128 x 256 tile, over the
 // VarlenKTileScheduler. Same structure and register split as kernel_sm90_grouped.cuh (varlen M);
 // the two are to become one kernel templated on the scheduler.
 #pragma once
@@ -33,7 +33,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   extern __shared__ uint8_t smem_raw[];
   const uintptr_t base = (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023);
   SharedStorage& ss = *reinterpret_cast<SharedStorage*>(base);
-  if (threadIdx.x == 0) Mainloop::init_barriers(ss);
+  if (threadIdx.x == 0) {
+    Mainloop::init_barriers(ss);
+    cute::prefetch_tma_descriptor(params.mainloop.tma.get_tma_descriptor());
+  }
   __syncthreads();
 
   const auto& ml = params.mainloop;

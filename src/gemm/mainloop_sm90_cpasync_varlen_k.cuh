@@ -1,20 +1,21 @@
 // src/gemm/mainloop_sm90_cpasync_varlen_k.cuh — mainloop of the weight-gradient GEMMs (varlen K):
 //   C_e[m, n] = Σ_{rows r of e} L[lrow(r), m] · R[rrow(r), n]
-// where lrow/rrow are the grouped row itself or gather_idx[r] (token order). dW2 = dOᵀ·(s·A) has
-// L = dO gathered, R = s·A; dW1 = dHᵀ·x has L = dH, R = x gathered.
+// dW2 = dOᵀ·(s·A): L = dO gathered by gather_idx, R = s·A contiguous in grouped order.
+// dW1 = dHᵀ·x:     L = dH contiguous,              R = x gathered.
 //
-// Both operands are MN-major in shared memory (a gathered row contributes 8 consecutive M or N
-// values per 16-byte chunk) and both are loaded by cp.async: the reduction runs along rows, and
-// rows past the expert's end must read as zeros — a row of the next expert would otherwise leak
-// into this expert's sum (and NaN·0 is not 0). TMA for the contiguous operand (with per-expert
-// bounds) is the planned speed step; this version is the correct one.
+// Both operands are MN-major in shared memory (one gathered row brings 8 consecutive M or N
+// values per 16-byte chunk). The gathered operand is loaded by cp.async (TMA cannot gather
+// rows). The contiguous one by TMA on every k-tile that lies wholly inside the expert's rows;
+// the expert's last, partial k-tile goes through cp.async with zero fill instead, because a TMA
+// box would read the next expert's rows into this expert's sum (and 0·Inf is not 0).
 //
-// Producer warpgroup: every thread issues its 16-byte copies of the stage (zero-filled outside
-// the expert and past M/N) and commits them with cp.async.mbarrier.arrive.noinc on the stage's
-// full barrier (arrival count = 128). Consumers as in the varlen-M mainloop.
+// A stage's full barrier expects 1 + 128 arrivals: the TMA-issuing thread's arrive-expect-tx
+// (a plain arrive on tail tiles) and every producer thread's cp.async.mbarrier.arrive.noinc, so
+// it completes when both the TMA bytes and all cp.async copies have landed.
 #pragma once
 
 #include <cute/tensor.hpp>
+#include <cute/atom/copy_traits_sm90_tma.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/bfloat16.h>
@@ -23,7 +24,7 @@
 
 namespace sonicmoe::gemm {
 
-template <class Cfg>
+template <class Cfg, bool kGatherLeft>
 struct MainloopSm90CpAsyncVarlenK {
   using Element = cutlass::bfloat16_t;
   static constexpr int kTileM = Cfg::kTileM;
@@ -38,10 +39,12 @@ struct MainloopSm90CpAsyncVarlenK {
   using TileK = cute::Int<kTileK>;
   using StagesC = cute::Int<kStages>;
 
-  // MN-major 128-byte swizzle atoms (64 M-or-N values x 8 K values).
+  // MN-major 128-byte swizzle atoms (64 M-or-N values x 8 K values), stacked along K first so
+  // that a TMA box of 64 x kTileK lands in one contiguous 8 KiB block.
   using SmemLayoutAtom = cute::GMMA::Layout_MN_SW128_Atom<Element>;
-  using SmemLayoutA = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<TileM, TileK, StagesC>{}));
-  using SmemLayoutB = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<TileN, TileK, StagesC>{}));
+  using KFirst = cute::Step<cute::_2, cute::_1, cute::_3>;
+  using SmemLayoutA = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<TileM, TileK, StagesC>{}, KFirst{}));
+  using SmemLayoutB = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<TileN, TileK, StagesC>{}, KFirst{}));
 
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::GMMA::ss_op_selector<Element, Element, float, cute::Shape<cute::_64, TileN, TileK>,
@@ -49,12 +52,9 @@ struct MainloopSm90CpAsyncVarlenK {
       cute::Layout<cute::Shape<cute::Int<Cfg::kConsumerWarpgroups>, cute::_1, cute::_1>>{}));
   static_assert(kTileM == 64 * Cfg::kConsumerWarpgroups, "one m64 wgmma row block per consumer warpgroup");
 
-  // Copy mapping: a warp covers whole 256-byte row segments (coalesced reads, conflict-free
-  // swizzled writes). A: 16 chunks along M x 8 rows per pass; B: 32 chunks along N x 4 rows.
-  static constexpr int kChunksA = kTileM / 8, kRowsPerPassA = kProducerThreads / kChunksA;
-  static constexpr int kChunksB = kTileN / 8, kRowsPerPassB = kProducerThreads / kChunksB;
-  static constexpr int kPassesA = kTileK / kRowsPerPassA, kPassesB = kTileK / kRowsPerPassB;
-  static_assert(kProducerThreads % kChunksA == 0 && kProducerThreads % kChunksB == 0, "copy mapping");
+  // The contiguous operand's side: its tile width and smem layout.
+  static constexpr int kContigWidth = kGatherLeft ? kTileN : kTileM;
+  using SmemLayoutContig = cute::conditional_t<kGatherLeft, SmemLayoutB, SmemLayoutA>;
 
   struct alignas(1024) SharedStorage {
     alignas(1024) Element a[cute::cosize_v<SmemLayoutA>];
@@ -70,15 +70,26 @@ struct MainloopSm90CpAsyncVarlenK {
     int64_t rows;               // rows of ptr (bound for gathered indices)
   };
 
+  // The contiguous operand as TMA sees it: (width, rows), width contiguous.
+  static auto make_tma_contig(const Element* ptr, int width, int rows, int64_t ld) {
+    using namespace cute;
+    auto g = make_tensor(make_gmem_ptr(ptr), make_layout(make_shape(width, rows), make_stride(_1{}, ld)));
+    return make_tma_copy(SM90_TMA_LOAD{}, g, SmemLayoutContig{}(_, _, 0),
+                         make_shape(Int<kContigWidth>{}, TileK{}), Int<1>{});
+  }
+  using TmaContig = decltype(make_tma_contig(nullptr, 8, 1, 8));
+  static constexpr uint32_t kTmaBytes = uint32_t(kContigWidth * kTileK * sizeof(Element));
+
   struct Args {
     Operand left;   // width m
     Operand right;  // width n
     int m, n;
+    TmaContig tma;  // the contiguous operand (right when kGatherLeft, else left)
   };
 
   __device__ static void init_barriers(SharedStorage& ss) {
     for (int s = 0; s < kStages; ++s) {
-      cutlass::arch::ClusterBarrier::init(&ss.full[s], kProducerThreads);
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.full[s], 1 + kProducerThreads);
       cutlass::arch::ClusterBarrier::init(&ss.empty[s], kConsumerWarps);
     }
     cutlass::arch::fence_barrier_init();
@@ -101,40 +112,68 @@ struct MainloopSm90CpAsyncVarlenK {
     return op.ptr + row * op.ld;
   }
 
+  // One k-tile of one operand by cp.async: kTileK rows x kWidth columns starting at column w0,
+  // zero-filled outside the expert's rows and past `width`. A warp covers whole 256-byte row
+  // segments: coalesced reads, conflict-free swizzled writes.
+  template <int kWidth, class SmemTensor>
+  __device__ static void copy_k_tile(Operand const& op, SmemTensor& s, VarlenKWorkTile const& work, int w0, int width,
+                                     int kt, int stage, int t) {
+    constexpr int kChunks = kWidth / 8, kRowsPerPass = kProducerThreads / kChunks, kPasses = kTileK / kRowsPerPass;
+    static_assert(kProducerThreads % kChunks == 0 && kTileK % kRowsPerPass == 0, "copy mapping");
+    const int chunk = t % kChunks, row0 = t / kChunks;
+    const int col = w0 + chunk * 8;
+    const bool col_ok = col < width;
+#pragma unroll
+    for (int p = 0; p < kPasses; ++p) {
+      const int r = row0 + p * kRowsPerPass;
+      const Element* row = col_ok ? source_row(op, work, kt * kTileK + r) : nullptr;
+      cp_async_16_zfill(cute::cast_smem_ptr_to_uint(&s(chunk * 8, r, stage)), row ? row + col : op.ptr, row ? 16 : 0);
+    }
+  }
+
   template <class Scheduler>
   __device__ static void produce(Args const& args, SharedStorage& ss, Scheduler const& sched) {
     using namespace cute;
     const int t = threadIdx.x % kProducerThreads;
-    const int chunk_a = t % kChunksA, row0_a = t / kChunksA;
-    const int chunk_b = t % kChunksB, row0_b = t / kChunksB;
-    // Shared-memory addresses are recomputed per copy from the swizzled layout: keeping 24 of
-    // them live would not fit the producer's 56 registers.
     Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
     Tensor sB = make_tensor(make_smem_ptr(ss.b), SmemLayoutB{});
+    Tensor sC = make_tensor(make_smem_ptr(kGatherLeft ? ss.b : ss.a), SmemLayoutContig{});
+    const Operand& contig = kGatherLeft ? args.right : args.left;
+    const int contig_width = kGatherLeft ? args.n : args.m;
+    Tensor mC = args.tma.get_tma_tensor(make_shape(contig_width, int(contig.rows)));
 
     int stage = 0;
     uint32_t phase = 1;  // fresh empty barriers: waiting on parity 1 passes at once
     for (int tile = blockIdx.x;; tile += gridDim.x) {
       VarlenKWorkTile work;
       if (!sched.find(tile, work)) break;
-      const int col_a = work.m_block * kTileM + chunk_a * 8;
-      const int col_b = work.n_block * kTileN + chunk_b * 8;
-      const bool col_a_ok = col_a < args.m, col_b_ok = col_b < args.n;
+      const int m0 = work.m_block * kTileM, n0 = work.n_block * kTileN;
+      const int contig_block = kGatherLeft ? work.n_block : work.m_block;
+      // The expert's rows start anywhere: offset the TMA coordinates to its first row.
+      Tensor gC = local_tile(domain_offset(make_coord(0, work.row_start), mC),
+                             make_shape(Int<kContigWidth>{}, TileK{}), make_coord(contig_block, _));  // (W,K,kt)
+      auto [tCg, tCs] = tma_partition(args.tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sC),
+                                      group_modes<0, 2>(gC));  // (TMA,kt), (TMA,stage)
       const int tiles = k_tiles(work);
       for (int kt = 0; kt < tiles; ++kt) {
         cutlass::arch::ClusterBarrier::wait(&ss.empty[stage], phase);
-#pragma unroll
-        for (int p = 0; p < kPassesA; ++p) {
-          const Element* row = col_a_ok ? source_row(args.left, work, kt * kTileK + row0_a + p * kRowsPerPassA) : nullptr;
-          cp_async_16_zfill(cast_smem_ptr_to_uint(&sA(chunk_a * 8, row0_a + p * kRowsPerPassA, stage)),
-                            row ? row + col_a : args.left.ptr, row ? 16 : 0);
+        const bool whole = (kt + 1) * kTileK <= work.rows;
+        if (whole) {
+          if (t == 0) {
+            cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.full[stage], kTmaBytes);
+            copy(args.tma.with(ss.full[stage]), tCg(_, kt), tCs(_, stage));
+          }
+        } else {
+          if (t == 0) cutlass::arch::ClusterBarrier::arrive(&ss.full[stage]);
+          if constexpr (kGatherLeft)
+            copy_k_tile<kTileN>(args.right, sB, work, n0, args.n, kt, stage, t);
+          else
+            copy_k_tile<kTileM>(args.left, sA, work, m0, args.m, kt, stage, t);
         }
-#pragma unroll
-        for (int p = 0; p < kPassesB; ++p) {
-          const Element* row = col_b_ok ? source_row(args.right, work, kt * kTileK + row0_b + p * kRowsPerPassB) : nullptr;
-          cp_async_16_zfill(cast_smem_ptr_to_uint(&sB(chunk_b * 8, row0_b + p * kRowsPerPassB, stage)),
-                            row ? row + col_b : args.right.ptr, row ? 16 : 0);
-        }
+        if constexpr (kGatherLeft)
+          copy_k_tile<kTileM>(args.left, sA, work, m0, args.m, kt, stage, t);
+        else
+          copy_k_tile<kTileN>(args.right, sB, work, n0, args.n, kt, stage, t);
         cutlass::arch::cpasync_barrier_arrive_noinc(&ss.full[stage]);
         if (++stage == kStages) {
           stage = 0;
@@ -162,7 +201,7 @@ struct MainloopSm90CpAsyncVarlenK {
     int release_stage = stage;
     warpgroup_fence_operand(accum);
     for (int kt = 0; kt < tiles; ++kt) {
-      cutlass::arch::ClusterBarrier::wait(&ss.full[stage], phase);
+      cutlass::arch::ClusterTransactionBarrier::wait(&ss.full[stage], phase);
       // cp.async wrote through the generic proxy; wgmma reads through the async proxy.
       cutlass::arch::fence_view_async_shared();
       warpgroup_fence_operand(accum);
