@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# scripts/device_check.sh — everything that needs the Hopper GPU, in one call of the device
+# machine (its time is scarce): build there, the whole test suite (GPU tests included),
+# compute-sanitizer on a small case of every GPU role, the grouped-GEMM benchmark and the PyTorch
+# baselines. Logs go to $OUT (or ./out); the last lines printed are a summary.
+#   usage (device machine, repo root, third_party/ carried): bash scripts/device_check.sh [bench shapes, default 0,1,2]
+set -u
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+out=${OUT:-$root/out}
+mkdir -p "$out"
+export PATH=/usr/local/cuda/bin:$PATH
+shapes=${1:-0,1,2}
+summary=()
+
+{ date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv; nvcc --version | tail -1
+  cmake --version | head -1; g++ --version | head -1; git log --oneline -1 2>/dev/null; } >"$out/env.log" 2>&1
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+
+start=$(date +%s)
+cmake -S . -B build/device -G Ninja -DCMAKE_BUILD_TYPE=Release -DSONICMOE_KERNEL_SET=dev \
+  -DSONICMOE_CUTLASS_DIR="$root/third_party/cutlass-4.2.0.0/include" >"$out/build.log" 2>&1 &&
+  cmake --build build/device -j"$(nproc)" >>"$out/build.log" 2>&1
+build_rc=$?
+summary+=("build rc=$build_rc in $(( $(date +%s) - start )) s on $card")
+grep -E "spill|bytes stack frame" "$out/build.log" | sort | uniq -c >"$out/ptxas_spills.log"
+if [ $build_rc -ne 0 ]; then tail -30 "$out/build.log"; printf '%s\n' "${summary[@]}"; exit 1; fi
+
+(cd build/device && timeout 300 ctest -j4 --timeout 120 --output-on-failure >"$out/ctest.log" 2>&1)
+summary+=("ctest: $(grep -E 'tests passed|tests failed' "$out/ctest.log")")
+
+small='GroupedGemmUpProj.EdgeExpertSizesTailsBias:GroupedGemmDownProj.EdgeExpertSizesTailsBias:GroupedGemmUpProjInputGrad.EdgeExpertSizesTails:GroupedGemmDownProjActGrad.EdgeExpertSizesAndTails:GroupedGemmDownProjWeightGrad.EdgeExpertSizesAndTails:GroupedGemmUpProjWeightGrad.EdgeExpertSizesAndTails'
+for tool in memcheck racecheck synccheck; do
+  timeout 240 compute-sanitizer --tool $tool --error-exitcode 3 build/device/sonicmoe_tests --gtest_filter="$small" \
+    >"$out/sanitizer_$tool.log" 2>&1
+  summary+=("compute-sanitizer $tool rc=$? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$tool.log" | tail -1))")
+done
+
+timeout 400 build/device/gemm_bench --shapes "$shapes" --json "$out/gemm_bench.json" >"$out/gemm_bench.log" 2>&1
+summary+=("gemm_bench rc=$?")
+timeout 200 python3 bench/grouped_mm_baseline.py --shapes "$shapes" --json "$out/grouped_mm.json" >"$out/grouped_mm.log" 2>&1
+summary+=("grouped_mm baseline rc=$?")
+
+grep -vE '^\s+\.\.\.' "$out/gemm_bench.log"
+printf '%s\n' "${summary[@]}"
