@@ -47,3 +47,9 @@ staging.rename(dest)
 PY
 fi
 echo "setup: CUTLASS headers at $cutlass_dir/include"
+
+# GoogleTest sources beside the headers, for machines that cannot install it (the GPU machine):
+# CMake builds them from third_party/googletest when find_package(GTest) fails there.
+if [ ! -f "$root/third_party/googletest/CMakeLists.txt" ] && [ -f /usr/src/googletest/CMakeLists.txt ]; then
+  cp -r /usr/src/googletest "$root/third_party/googletest"
+fi
