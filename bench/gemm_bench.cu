@@ -16,8 +16,6 @@
 #include "reference/gpu_reference.cuh"
 #include "sonicmoe/device.h"
 #include "sonicmoe/grouped_gemm.h"
-#include "sonicmoe/grouped_gemm_act_grad.h"
-#include "sonicmoe/grouped_gemm_weight_grad.h"
 #include "sonicmoe/reference.h"
 
 namespace {

@@ -1,4 +1,6 @@
-// sonicmoe/grouped_gemm.h — launch API of the grouped GEMM roles (DESIGN.md §4, kernels 1 and 2).
+// sonicmoe/grouped_gemm.h — launch API of the six expert GEMM roles (DESIGN.md §4): up-proj
+// (gather + SwiGLU), down-proj, dH (gather + dSwiGLU / s·A / partial dS), dW2 and dW1 (varlen K,
+// gather) and dX̃.
 //
 // Each role is one persistent warp-specialized sm_90a kernel over all experts at once. Expert row
 // counts stay on the device: the kernel walks `expert_offsets` itself, so a launch needs no host
@@ -75,5 +77,72 @@ Status validate(const UpProjInputGradParams& params);
 Status grouped_gemm_up_proj(const UpProjParams& params, cudaStream_t stream);
 Status grouped_gemm_down_proj(const DownProjParams& params, cudaStream_t stream);
 Status grouped_gemm_up_proj_input_grad(const UpProjInputGradParams& params, cudaStream_t stream);
+
+// ---- Down-projection activation gradient (kernel 4, "dH"), SwiGLU ---------------------------
+//   dA'[r, :] = dO[gather_idx[r], :] · W2_e          (W2 [E, d, n] read as stored)
+//   grad_h   = dSwiGLU(H; s·dA')          [TK, 2n] grouped, (dgate, dup) interleaved like H
+//   a_scaled = s · SwiGLU(H)              [TK, n]  grouped (the dW2 GEMM's operand)
+//   ds_partial[scatter_idx[r], j] = Σ over N tile j of dA'·SwiGLU(H)   [TK, cols] fp32
+// with s = scores[scatter_idx[r]]. dS is the row sum of ds_partial (plus <dO, b2_e> with bias):
+// no atomics, so it is bitwise deterministic.
+struct DownProjActGradParams {
+  const bfloat16* grad_out = nullptr;       // dO [num_tokens, hidden], 16-byte aligned
+  const bfloat16* w2 = nullptr;             // [num_experts, hidden, intermediate]
+  const bfloat16* h = nullptr;              // [num_rows, 2*intermediate] (the forward's H)
+  const float* scores = nullptr;            // [num_rows] flat order
+  const int32_t* expert_offsets = nullptr;  // device [num_experts + 1]
+  const int32_t* gather_idx = nullptr;      // device [num_rows] grouped row -> token
+  const int32_t* scatter_idx = nullptr;     // device [num_rows] grouped row -> flat slot
+  bfloat16* grad_h = nullptr;               // out [num_rows, 2*intermediate]
+  bfloat16* a_scaled = nullptr;             // out [num_rows, intermediate]
+  float* ds_partial = nullptr;              // out [num_rows, down_proj_act_grad_partial_cols(intermediate)]
+  int64_t num_tokens = 0;
+  int64_t num_rows = 0;
+  int64_t hidden = 0;        // multiple of 8
+  int64_t intermediate = 0;  // multiple of 8
+  int64_t num_experts = 0;
+};
+
+// Columns of ds_partial: one per N tile of the GEMM.
+int64_t down_proj_act_grad_partial_cols(int64_t intermediate);
+
+Status validate(const DownProjActGradParams& params);
+Status grouped_gemm_down_proj_act_grad(const DownProjActGradParams& params, cudaStream_t stream);
+
+// ---- Weight gradients (kernels 5 and 7): per expert a reduction over its rows ("varlen K") ----
+// Experts without rows get an all-zero gradient.
+// dW2[e] = Σ_{grouped rows r of e} dO[gather_idx[r], :]ᵀ ⊗ A'[r, :]   (A' = s·A, grouped order)
+struct DownProjWeightGradParams {
+  const bfloat16* grad_out = nullptr;       // dO [num_tokens, hidden], 16-byte aligned
+  const bfloat16* a_scaled = nullptr;       // A' [num_rows, intermediate]
+  const int32_t* expert_offsets = nullptr;  // device [num_experts + 1]
+  const int32_t* gather_idx = nullptr;      // device [num_rows], grouped row -> token
+  bfloat16* grad_w2 = nullptr;              // out [num_experts, hidden, intermediate]
+  int64_t num_tokens = 0;
+  int64_t num_rows = 0;
+  int64_t hidden = 0;        // multiple of 8
+  int64_t intermediate = 0;  // multiple of 8
+  int64_t num_experts = 0;
+};
+
+// dW1[e] = Σ_{grouped rows r of e} dH[r, :]ᵀ ⊗ x[gather_idx[r], :]   (dH grouped, [TK, h_cols])
+struct UpProjWeightGradParams {
+  const bfloat16* grad_h = nullptr;         // dH [num_rows, h_cols], 16-byte aligned
+  const bfloat16* x = nullptr;              // [num_tokens, hidden]
+  const int32_t* expert_offsets = nullptr;  // device [num_experts + 1]
+  const int32_t* gather_idx = nullptr;      // device [num_rows]
+  bfloat16* grad_w1 = nullptr;              // out [num_experts, h_cols, hidden]
+  int64_t num_tokens = 0;
+  int64_t num_rows = 0;
+  int64_t hidden = 0;  // multiple of 8
+  int64_t h_cols = 0;  // 2n for SwiGLU, n otherwise; multiple of 8
+  int64_t num_experts = 0;
+};
+
+Status validate(const DownProjWeightGradParams& params);
+Status validate(const UpProjWeightGradParams& params);
+
+Status grouped_gemm_down_proj_weight_grad(const DownProjWeightGradParams& params, cudaStream_t stream);
+Status grouped_gemm_up_proj_weight_grad(const UpProjWeightGradParams& params, cudaStream_t stream);
 
 }  // namespace sonicmoe

@@ -23,6 +23,35 @@
 
 namespace sonicmoe::gemm {
 
+// Accumulators start from the bias: before a tile's first wgmma the consumers write bias_e[col]
+// (or 0 without bias) into them and the k-loop accumulates on top. Two measured reasons:
+//   - adding the bias in the TMA epilogues made ptxas hoist the 32 bias loads and spill;
+//   - the write must happen for every tile, bias or not: when it was conditional ptxas reported
+//     C7515 ("wgmma.mma_async instructions are serialized due to non wgmma instructions
+//     defining accumulator registers") for the whole kernel.
+template <int kTileN, class Accum, class Coords>
+__device__ void init_accumulators_with_bias(const __nv_bfloat16* bias, Accum& accum, Coords const& coords,
+                                            WorkTile const& work, int n_total) {
+  const __nv_bfloat16* row = bias + int64_t(work.expert) * n_total;
+  const int n0 = work.n_block * kTileN;
+#pragma unroll
+  for (int i = 0; i < cute::size(accum); i += 2) {
+    const int col = n0 + cute::get<1>(coords(i));  // even; N is a multiple of 8
+    float2 b = make_float2(0.f, 0.f);
+    if (bias != nullptr && col < n_total) b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(row + col));
+    accum(i) = b.x;
+    accum(i + 1) = b.y;
+  }
+}
+
+// Every epilogue forwards its bias pointer with this.
+#define SONICMOE_EPILOGUE_BIAS_FROM_PARAMS                                                               \
+  template <int kTileN_, class Accum_, class Coords_>                                                    \
+  __device__ static void init_accumulators(Params const& p, Accum_& accum, Coords_ const& coords,        \
+                                           WorkTile const& work, int n_total) {                          \
+    init_accumulators_with_bias<kTileN_>(p.bias, accum, coords, work, n_total);                          \
+  }
+
 struct EpilogueStore {
   struct Params {
     __nv_bfloat16* d;           // [num_rows, N]
@@ -33,116 +62,71 @@ struct EpilogueStore {
   struct SharedStorage {};  // stores straight from registers
   __device__ static void prefetch(Params const&) {}
   __device__ static void finish(int) {}
+  SONICMOE_EPILOGUE_BIAS_FROM_PARAMS
 
   template <int kTileM, int kTileN, class Accum, class Coords, class AnyStorage>
   __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
                                int n_total, AnyStorage&, int /*consumer_thread*/) {
     const int m0 = work.m_block * kTileM;
     const int n0 = work.n_block * kTileN;
-    const __nv_bfloat16* bias = p.bias ? p.bias + int64_t(work.expert) * n_total : nullptr;
 #pragma unroll
     for (int i = 0; i < cute::size(accum); i += 2) {
       const int local_row = m0 + cute::get<0>(coords(i));
       const int col = n0 + cute::get<1>(coords(i));  // even; N is a multiple of 8
       if (local_row < work.rows && col < n_total) {
-        float v0 = accum(i), v1 = accum(i + 1);
-        if (bias) {
-          v0 += __bfloat162float(bias[col]);
-          v1 += __bfloat162float(bias[col + 1]);
-        }
         const int64_t row = int64_t(work.row_start) + local_row;
-        *reinterpret_cast<__nv_bfloat162*>(p.d + row * p.ldd + col) = __floats2bfloat162_rn(v0, v1);
+        *reinterpret_cast<__nv_bfloat162*>(p.d + row * p.ldd + col) = __floats2bfloat162_rn(accum(i), accum(i + 1));
       }
     }
   }
 };
 
+// Registers -> 128-byte-swizzled shared-memory tile -> one asynchronous TMA store, for a full
+// kTileM x kTileN bf16 tile. Used by every TMA-store epilogue. Protocol per tile (all consumer
+// threads): begin() (the previous store has finished reading the buffer), write(), commit()
+// (proxy fence, barrier, one thread issues the store); finish() before the CTA exits.
 template <class Cfg>
-struct EpilogueStoreTma {
+struct TmaTileStore {
   using Element = cutlass::bfloat16_t;
   static constexpr int kTileM = Cfg::kTileM;
   static constexpr int kTileN = Cfg::kTileN;
   static constexpr int kConsumerThreads = 128 * Cfg::kConsumerWarpgroups;
+  static constexpr int kPacked = kTileN / 4;  // bf16x2 words per consumer thread
   using TileShape = cute::Shape<cute::Int<kTileM>, cute::Int<kTileN>>;
   // 128-byte swizzle: the 8 rows a warp writes per store instruction land in 8 different 16-byte
   // bank groups (conflict-free), and TMA reads it natively in 64-column boxes.
-  using SmemLayoutD = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<Element>{}, TileShape{}));
+  using SmemLayout = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<Element>{}, TileShape{}));
   static_assert(kTileN % 64 == 0, "whole 64-column swizzle slabs");
 
   struct alignas(1024) SharedStorage {
-    alignas(1024) Element d[cute::cosize_v<SmemLayoutD>];
+    alignas(1024) Element d[cute::cosize_v<SmemLayout>];
   };
 
-  static auto make_tma_d(Element* d, int rows, int n) {
+  // The output tensor [rows, n] row-major as TMA sees it.
+  static auto make_tma(Element* d, int rows, int n) {
     using namespace cute;
     auto g = make_tensor(make_gmem_ptr(d), make_layout(make_shape(rows, n), make_stride(int64_t(n), _1{})));
-    return make_tma_copy(SM90_TMA_STORE{}, g, SmemLayoutD{}, TileShape{}, Int<1>{});
+    return make_tma_copy(SM90_TMA_STORE{}, g, SmemLayout{}, TileShape{}, Int<1>{});
   }
-  using TmaD = decltype(make_tma_d(nullptr, 1, 8));
+  using Tma = decltype(make_tma(nullptr, 1, 8));
 
-  struct Params {
-    TmaD tma_d;
-    __nv_bfloat16* d;           // [num_rows, N]
-    const __nv_bfloat16* bias;  // [E, N] or nullptr
-    int64_t ldd;                // N
-    int num_rows;
-  };
-
-  __device__ static void prefetch(Params const& p) { cute::prefetch_tma_descriptor(p.tma_d.get_tma_descriptor()); }
-
-  // The CTA may not exit while a bulk store still reads its shared memory.
-  __device__ static void finish(int consumer_thread) {
+  __device__ static void begin(int consumer_thread) {
     if (consumer_thread == 0) cute::tma_store_wait<0>();
+    cutlass::arch::NamedBarrier::sync(kConsumerThreads, 0);
   }
 
-  template <int kTileM_, int kTileN_, class Accum, class Coords>
-  __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
-                               int n_total, SharedStorage& ss, int consumer_thread) {
-    using namespace cute;
-    static_assert(kTileM_ == kTileM && kTileN_ == kTileN);
-    const int m0 = work.m_block * kTileM;
-    const int n0 = work.n_block * kTileN;
-    if (m0 + kTileM > work.rows) {  // the expert ends inside this tile
-      EpilogueStore::apply<kTileM, kTileN>(EpilogueStore::Params{p.d, p.bias, p.ldd}, accum, coords, work, n_total,
-                                           ss, consumer_thread);
-      return;
-    }
-    const __nv_bfloat16* bias = p.bias ? p.bias + int64_t(work.expert) * n_total : nullptr;
-    Tensor sD = make_tensor(make_smem_ptr(ss.d), SmemLayoutD{});
-    // The previous tile's store must have finished reading the buffer before it is rewritten.
-    if (consumer_thread == 0) tma_store_wait<0>();
-    cutlass::arch::NamedBarrier::sync(kConsumerThreads, 0);
-    // SmemLayoutD written out (byte addresses checked against the CuTe tensor on the host):
-    // 64-column slabs of kTileM rows, 128-byte rows, 16-byte chunk index XOR (row % 8).
-    // The m64nNk16 accumulator fragment is ((2 columns, 2 row halves, N/8 column blocks)): value
-    // i = v0 + 2*v1 + 4*j sits at (m_base + 8*v1, c_base + v0 + 8*j) with c_base < 8, so block j
-    // has chunk j % 8 and slab j / 8. Writing through sD(m, c) with fp32 values live made ptxas
-    // keep the swizzled addresses in registers and spill (80-600 bytes).
-    const int m_base = get<0>(coords(0)), c_base = get<1>(coords(0));
-    const int swizzle = m_base & 7;  // rows m_base and m_base + 8 share it
-    static_assert(decltype(size(accum))::value == 2 * kTileN / 8 * 2, "m64 x kTileN fragment per thread");
-    // Round to bf16 pairs first: 64 packed registers instead of 128 fp32 stay live while the
-    // swizzled addresses are formed.
-    uint32_t packed[kTileN / 4];
-#pragma unroll
-    for (int j = 0; j < kTileN / 8; ++j) {
-      const int c = c_base + 8 * j;
-      float b0 = 0.f, b1 = 0.f;
-      if (bias && n0 + c < n_total) {
-        b0 = __bfloat162float(bias[n0 + c]);
-        b1 = __bfloat162float(bias[n0 + c + 1]);
-      }
-#pragma unroll
-      for (int v1 = 0; v1 < 2; ++v1) {
-        const int i = 4 * j + 2 * v1;
-        const __nv_bfloat162 pair = __floats2bfloat162_rn(accum(i) + b0, accum(i + 1) + b1);
-        packed[2 * j + v1] = *reinterpret_cast<const uint32_t*>(&pair);
-      }
-    }
+  // packed[2*j + v1] holds the bf16 pair at tile coordinates (m_base + 8*v1, c_base + 8*j).
+  // The m64nNk16 accumulator fragment is ((2 columns, 2 row halves, N/8 column blocks)), so value
+  // i = v0 + 2*v1 + 4*j sits there, with c_base < 8: block j has 16-byte chunk j % 8 and slab j / 8.
+  // The layout written out (byte addresses checked against the CuTe tensor on the host):
+  // 64-column slabs of kTileM rows, 128-byte rows, chunk index XOR (row % 8). Writing through a
+  // CuTe tensor with fp32 values live made ptxas keep the swizzled addresses and spill.
+  __device__ static void write(SharedStorage& ss, const uint32_t (&packed)[kPacked], int m_base, int c_base) {
     const uint32_t smem_base = cute::cast_smem_ptr_to_uint(ss.d);
+    const int swizzle = m_base & 7;  // rows m_base and m_base + 8 share it
 #pragma unroll
     for (int v1 = 0; v1 < 2; ++v1) {
-      // Bits 3..5 (the 16-byte chunk, in elements) are zero in row_base: XOR places the chunk.
+      // Bits 4..6 (the 16-byte chunk) of row_base are zero: XOR places the chunk.
       const uint32_t row_base = smem_base + 2u * uint32_t((m_base + 8 * v1) * 64 + c_base);
 #pragma unroll
       for (int j = 0; j < kTileN / 8; ++j) {
@@ -150,18 +134,97 @@ struct EpilogueStoreTma {
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(packed[2 * j + v1]) : "memory");
       }
     }
+  }
+
+  // The same addressing, one bf16 pair at a time, for epilogues that interleave other work
+  // (SwiGLU) and cannot afford the packed array: two row bases stay live, each store is one XOR
+  // with a compile-time chunk and an immediate slab offset.
+  struct Writer {
+    uint32_t row_base[2];
+    __device__ Writer(SharedStorage& ss, int m_base, int c_base) {
+      const uint32_t smem_base = cute::cast_smem_ptr_to_uint(ss.d);
+      const uint32_t swizzle = uint32_t(m_base & 7) << 4;
+#pragma unroll
+      for (int v1 = 0; v1 < 2; ++v1)
+        row_base[v1] = (smem_base + 2u * uint32_t((m_base + 8 * v1) * 64 + c_base)) ^ swizzle;
+    }
+    __device__ void put(int j, int v1, uint32_t word) const {
+      const uint32_t addr = (row_base[v1] ^ uint32_t((j & 7) << 4)) + uint32_t((j >> 3) * kTileM * 64 * 2);
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(word) : "memory");
+    }
+  };
+
+  // Stores the tile whose first row is `first_row` of the [num_rows, n_total] tensor.
+  __device__ static void commit(Tma const& tma, SharedStorage& ss, int first_row, int n_block, int num_rows,
+                                int n_total, int consumer_thread) {
+    using namespace cute;
     // Generic-proxy smem writes, then the async-proxy (TMA) read: fence, then gather the CTA.
     cutlass::arch::fence_view_async_shared();
     cutlass::arch::NamedBarrier::sync(kConsumerThreads, 0);
     if (consumer_thread == 0) {
-      Tensor mD = p.tma_d.get_tma_tensor(make_shape(p.num_rows, n_total));
+      Tensor sD = make_tensor(make_smem_ptr(ss.d), SmemLayout{});
+      Tensor mD = tma.get_tma_tensor(make_shape(num_rows, n_total));
       // Expert tiles start at any row: shift the coordinate origin to the tile's first row.
-      Tensor gD = local_tile(domain_offset(make_coord(work.row_start + m0, 0), mD), TileShape{},
-                             make_coord(0, work.n_block));
-      auto [tDgD, tDsD] = tma_partition(p.tma_d, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sD), group_modes<0, 2>(gD));
-      copy(p.tma_d, tDsD, tDgD);
+      Tensor gD = local_tile(domain_offset(make_coord(first_row, 0), mD), TileShape{}, make_coord(0, n_block));
+      auto [tDgD, tDsD] = tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sD), group_modes<0, 2>(gD));
+      copy(tma, tDsD, tDgD);
       tma_store_arrive();
     }
+  }
+
+  // The CTA may not exit while a bulk store still reads its shared memory.
+  __device__ static void finish(int consumer_thread) {
+    if (consumer_thread == 0) cute::tma_store_wait<0>();
+  }
+};
+
+template <class Cfg>
+struct EpilogueStoreTma {
+  using Store = TmaTileStore<Cfg>;
+  using Element = typename Store::Element;
+  using SharedStorage = typename Store::SharedStorage;
+  static constexpr int kTileM = Cfg::kTileM;
+  static constexpr int kTileN = Cfg::kTileN;
+
+  static auto make_tma_d(Element* d, int rows, int n) { return Store::make_tma(d, rows, n); }
+
+  struct Params {
+    typename Store::Tma tma_d;
+    __nv_bfloat16* d;           // [num_rows, N]
+    const __nv_bfloat16* bias;  // [E, N] or nullptr
+    int64_t ldd;                // N
+    int num_rows;
+  };
+
+  __device__ static void prefetch(Params const& p) { cute::prefetch_tma_descriptor(p.tma_d.get_tma_descriptor()); }
+  __device__ static void finish(int consumer_thread) { Store::finish(consumer_thread); }
+  SONICMOE_EPILOGUE_BIAS_FROM_PARAMS
+
+  template <int kTileM_, int kTileN_, class Accum, class Coords>
+  __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
+                               int n_total, SharedStorage& ss, int consumer_thread) {
+    using namespace cute;
+    static_assert(kTileM_ == kTileM && kTileN_ == kTileN);
+    static_assert(decltype(size(accum))::value == 2 * Store::kPacked, "m64 x kTileN fragment per thread");
+    const int m0 = work.m_block * kTileM;
+    const int n0 = work.n_block * kTileN;
+    if (m0 + kTileM > work.rows) {  // the expert ends inside this tile
+      EpilogueStore::apply<kTileM, kTileN>(EpilogueStore::Params{p.d, p.bias, p.ldd}, accum, coords, work, n_total,
+                                           ss, consumer_thread);
+      return;
+    }
+    const int m_base = get<0>(coords(0)), c_base = get<1>(coords(0));
+    Store::begin(consumer_thread);
+    // Round to bf16 pairs first: 64 packed registers instead of 128 fp32 stay live while the
+    // swizzled addresses are formed.
+    uint32_t packed[Store::kPacked];
+#pragma unroll
+    for (int k = 0; k < Store::kPacked; ++k) {
+      const __nv_bfloat162 pair = __floats2bfloat162_rn(accum(2 * k), accum(2 * k + 1));
+      packed[k] = *reinterpret_cast<const uint32_t*>(&pair);  // k = 2*j + v1
+    }
+    Store::write(ss, packed, m_base, c_base);
+    Store::commit(p.tma_d, ss, work.row_start + m0, work.n_block, p.num_rows, n_total, consumer_thread);
   }
 };
 

@@ -4,8 +4,12 @@
 // W1's rows are interleaved (row 2j = gate j, row 2j+1 = up j), so every wgmma accumulator pair
 // a thread holds (columns c, c+1 with c even) is one (gate, up) pair: the activation needs no
 // data exchange between threads. Rows past the expert's end and columns past N are not stored.
-// First version: stores straight from registers (H as bf16x2 words, A as bf16); the smem-staged
-// TMA store is a later speed step.
+//   EpilogueSwiGLU:       both outputs straight from registers (H as bf16x2 words, A as bf16).
+//   EpilogueSwiGLUTma<C>: for tiles inside an expert, H goes registers -> swizzled smem -> an
+//                         asynchronous TMA store (2/3 of the bytes) while A is stored from
+//                         registers; tiles cut by the expert's end use EpilogueSwiGLU.
+// A is always computed from the fp32 (gate, up) values, before H is rounded to bf16. The bias
+// is already in the accumulators (load_bias_into_accumulators, epilogue_store.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -14,6 +18,7 @@
 
 #include <cstdint>
 
+#include "gemm/epilogue_store.cuh"
 #include "gemm/scheduler_grouped.cuh"
 
 namespace sonicmoe::gemm {
@@ -32,30 +37,85 @@ struct EpilogueSwiGLU {
   struct SharedStorage {};  // stores straight from registers
   __device__ static void prefetch(Params const&) {}
   __device__ static void finish(int) {}
+  SONICMOE_EPILOGUE_BIAS_FROM_PARAMS
 
   // accum/coords: the thread's accumulator fragment and its (row, col) coordinates inside the
   // tile; n_total = 2n.
-  template <int kTileM, int kTileN, class Accum, class Coords>
+  template <int kTileM, int kTileN, class Accum, class Coords, class AnyStorage>
   __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
-                               int n_total, SharedStorage&, int /*consumer_thread*/) {
+                               int n_total, AnyStorage&, int /*consumer_thread*/) {
     const int m0 = work.m_block * kTileM;
     const int n0 = work.n_block * kTileN;
-    const __nv_bfloat16* bias = p.bias ? p.bias + int64_t(work.expert) * n_total : nullptr;
 #pragma unroll
     for (int i = 0; i < cute::size(accum); i += 2) {
       const int local_row = m0 + cute::get<0>(coords(i));
       const int col = n0 + cute::get<1>(coords(i));  // even: a (gate, up) pair
       if (local_row < work.rows && col < n_total) {
-        float gate = accum(i), up = accum(i + 1);
-        if (bias) {
-          gate += __bfloat162float(bias[col]);
-          up += __bfloat162float(bias[col + 1]);
-        }
+        const float gate = accum(i), up = accum(i + 1);
         const int64_t row = int64_t(work.row_start) + local_row;
         *reinterpret_cast<__nv_bfloat162*>(p.h + row * p.ldh + col) = __floats2bfloat162_rn(gate, up);
         p.a[row * p.lda + (col >> 1)] = __float2bfloat16_rn(silu(gate) * up);
       }
     }
+  }
+};
+
+template <class Cfg>
+struct EpilogueSwiGLUTma {
+  using Store = TmaTileStore<Cfg>;
+  using Element = typename Store::Element;
+  using SharedStorage = typename Store::SharedStorage;
+  static constexpr int kTileM = Cfg::kTileM;
+  static constexpr int kTileN = Cfg::kTileN;
+
+  static auto make_tma_h(Element* h, int rows, int n) { return Store::make_tma(h, rows, n); }
+
+  struct Params {
+    typename Store::Tma tma_h;
+    __nv_bfloat16* h;           // [num_rows, 2n]
+    __nv_bfloat16* a;           // [num_rows, n]
+    const __nv_bfloat16* bias;  // [E, 2n] or nullptr
+    int64_t ldh;                // 2n
+    int64_t lda;                // n
+    int num_rows;
+  };
+
+  __device__ static void prefetch(Params const& p) { cute::prefetch_tma_descriptor(p.tma_h.get_tma_descriptor()); }
+  __device__ static void finish(int consumer_thread) { Store::finish(consumer_thread); }
+  SONICMOE_EPILOGUE_BIAS_FROM_PARAMS
+
+  template <int kTileM_, int kTileN_, class Accum, class Coords>
+  __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
+                               int n_total, SharedStorage& ss, int consumer_thread) {
+    using namespace cute;
+    static_assert(kTileM_ == kTileM && kTileN_ == kTileN);
+    static_assert(decltype(size(accum))::value == 2 * Store::kPacked, "m64 x kTileN fragment per thread");
+    const int m0 = work.m_block * kTileM;
+    const int n0 = work.n_block * kTileN;
+    if (m0 + kTileM > work.rows) {  // the expert ends inside this tile
+      EpilogueSwiGLU::apply<kTileM, kTileN>(EpilogueSwiGLU::Params{p.h, p.a, p.bias, p.ldh, p.lda}, accum, coords,
+                                            work, n_total, ss, consumer_thread);
+      return;
+    }
+    const int m_base = get<0>(coords(0)), c_base = get<1>(coords(0));
+    Store::begin(consumer_thread);
+    __nv_bfloat16* a_rows[2];
+#pragma unroll
+    for (int v1 = 0; v1 < 2; ++v1) a_rows[v1] = p.a + (int64_t(work.row_start) + m0 + m_base + 8 * v1) * p.lda;
+    const typename Store::Writer writer(ss, m_base, c_base);
+#pragma unroll
+    for (int j = 0; j < kTileN / 8; ++j) {
+      const int col = n0 + c_base + 8 * j;  // even: a (gate, up) pair
+#pragma unroll
+      for (int v1 = 0; v1 < 2; ++v1) {
+        const int i = 4 * j + 2 * v1;
+        const float gate = accum(i), up = accum(i + 1);
+        const __nv_bfloat162 pair = __floats2bfloat162_rn(gate, up);
+        writer.put(j, v1, *reinterpret_cast<const uint32_t*>(&pair));
+        if (col < n_total) a_rows[v1][col >> 1] = __float2bfloat16_rn(EpilogueSwiGLU::silu(gate) * up);
+      }
+    }
+    Store::commit(p.tma_h, ss, work.row_start + m0, work.n_block, p.num_rows, n_total, consumer_thread);
   }
 };
 

@@ -8,7 +8,7 @@
 #include "gemm/mainloop_sm90_tma_gather.cuh"
 #include "gemm/tile_config.h"
 #include "gemm/validate_grouped_gemm.h"
-#include "sonicmoe/grouped_gemm_act_grad.h"
+#include "sonicmoe/grouped_gemm.h"
 
 namespace sonicmoe {
 namespace {

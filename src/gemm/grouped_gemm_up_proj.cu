@@ -1,5 +1,5 @@
 // src/gemm/grouped_gemm_up_proj.cu — role 1, up-projection forward: H = x[gather] · W1_eᵀ (+b1)
-// with the SwiGLU epilogue writing H and A. Argument checks, then the skeleton instantiated with
+// with the SwiGLU epilogue writing H (TMA store for tiles inside an expert) and A. Argument checks, then the skeleton instantiated with
 // the cp.async gather mainloop and EpilogueSwiGLU.
 #include <cuda_bf16.h>
 
@@ -35,7 +35,7 @@ Status grouped_gemm_up_proj(const UpProjParams& p, cudaStream_t stream) {
   SONICMOE_RETURN_IF_ERROR(validate(p));
   using Cfg = gemm::UpProjTile;
   using Mainloop = gemm::MainloopSm90TmaGather<Cfg>;
-  using Epilogue = gemm::EpilogueSwiGLU;
+  using Epilogue = gemm::EpilogueSwiGLUTma<Cfg>;
   using Element = typename Mainloop::Element;
   const int n_total = int(2 * p.intermediate);
   const int k = int(p.hidden);
@@ -49,11 +49,13 @@ Status grouped_gemm_up_proj(const UpProjParams& p, cudaStream_t stream) {
                    .n = n_total,
                    .k = k,
                    .num_experts = int(p.num_experts)},
-      .epilogue = {.h = reinterpret_cast<__nv_bfloat16*>(p.h),
+      .epilogue = {.tma_h = Epilogue::make_tma_h(reinterpret_cast<Element*>(p.h), int(p.num_rows), n_total),
+                   .h = reinterpret_cast<__nv_bfloat16*>(p.h),
                    .a = reinterpret_cast<__nv_bfloat16*>(p.a),
                    .bias = reinterpret_cast<const __nv_bfloat16*>(p.b1),
                    .ldh = 2 * p.intermediate,
-                   .lda = p.intermediate},
+                   .lda = p.intermediate,
+                   .num_rows = int(p.num_rows)},
       .expert_offsets = p.expert_offsets,
       .num_experts = int(p.num_experts),
       .num_rows = int(p.num_rows)};

@@ -10,7 +10,7 @@
 #include "gemm/kernel_sm90_varlen_k.cuh"
 #include "gemm/tile_config.h"
 #include "gemm/validate_grouped_gemm.h"
-#include "sonicmoe/grouped_gemm_weight_grad.h"
+#include "sonicmoe/grouped_gemm.h"
 
 namespace sonicmoe {
 namespace {

@@ -8,6 +8,13 @@
 // CTA per SM; each CTA walks tiles blockIdx.x, blockIdx.x + gridDim.x, ... The producer runs
 // ahead across tile boundaries (it only waits for free stages), so the next tile's loads overlap
 // the current tile's epilogue.
+//
+// The Epilogue policy (EpilogueStore[Tma], EpilogueSwiGLU[Tma], ...) provides
+//   Params, SharedStorage (may be empty), prefetch(params), finish(consumer_thread),
+//   apply<kTileM, kTileN>(params, accum, coords, work, n_total, shared_storage, consumer_thread)
+//   and optionally init_accumulators<kTileN>(params, accum, coords, work, n_total), which writes
+//   the tile's starting accumulator values (its bias, or zero) before the k-loop; without it the
+//   accumulators start at zero. `coords` gives each accumulator's (row, col) inside the tile.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -72,6 +79,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     for (int tile = blockIdx.x;; tile += gridDim.x) {
       WorkTile work;
       if (!sched.find(tile, work)) break;
+      // The accumulators start from the bias (or zero); the k-loop accumulates onto them. An
+      // epilogue without init_accumulators (no bias) gets zeros.
+      if constexpr (requires {
+                      Epilogue::template init_accumulators<Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n);
+                    }) {
+        Epilogue::template init_accumulators<Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n);
+      } else {
+#pragma unroll
+        for (int i = 0; i < size(accum); ++i) accum(i) = 0.f;
+      }
       Mainloop::mma(tiled_mma, thr_mma, accum, ss, k_tiles, stage, phase);
       Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n,
                                                           storage.epilogue, consumer_thread);

@@ -176,8 +176,8 @@ struct MainloopSm90TmaGather {
     cute::cp_async_wait<0>();
   }
 
-  // Consumer: one output tile's k-loop into `accum`. stage/phase persist across tiles. One
-  // k-tile's wgmma batch stays in flight while the next one is issued; a stage is released once
+  // Consumer: one output tile's k-loop, accumulating onto `accum`. stage/phase persist across
+  // tiles. One k-tile's wgmma batch stays in flight while the next one is issued; a stage is released once
   // the batch that read it has retired (warpgroup_wait<1>).
   template <class ThrMma, class Accum>
   __device__ static void mma(TiledMma& tiled_mma, ThrMma const& thr_mma, Accum& accum, SharedStorage& ss,
@@ -191,7 +191,8 @@ struct MainloopSm90TmaGather {
     Tensor tCrB = thr_mma.make_fragment_B(tCsB);
     const bool lane0 = (threadIdx.x & 31) == 0;
 
-    tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+    // The caller initialised the accumulators (bias or zero; see init_accumulators_with_bias).
+    tiled_mma.accumulate_ = GMMA::ScaleOut::One;
     int release_stage = stage;
     warpgroup_fence_operand(accum);
     for (int kt = 0; kt < k_tiles; ++kt) {
@@ -204,7 +205,6 @@ struct MainloopSm90TmaGather {
 #pragma unroll
       for (int kb = 0; kb < size<2>(tCrA); ++kb) {
         cute::gemm(tiled_mma, tCrA(_, _, kb, stage), tCrB(_, _, kb, stage), accum);
-        tiled_mma.accumulate_ = GMMA::ScaleOut::One;
       }
       warpgroup_commit_batch();
       warpgroup_fence_operand(accum);

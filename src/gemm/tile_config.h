@@ -2,8 +2,8 @@
 // skeleton, one place for every tuned constant and the budget that decided it.
 //
 // Dataflow position: read by kernel_sm90_grouped.cuh (device) and launch_sm90_grouped.cuh
-// (host: shared-memory size, grid size). Nothing here is measured yet beyond "fits and is
-// correct"; the first version uses one configuration for every role (speed is a later step).
+// (host: shared-memory size, grid size). First version: one configuration for every role;
+// per-shape tuning (ping-pong, 128x192, clusters) is a later step.
 #pragma once
 
 #include <cstdint>
@@ -15,15 +15,20 @@ namespace sonicmoe::gemm {
 //
 // Shared memory per stage: A 128x64 bf16 = 16 KiB + B 256x64 bf16 = 32 KiB = 48 KiB, of the
 // 227 KiB a CTA may use on sm_90 (+64 B of barriers, +1 KiB alignment slack):
-//   4 stages = 192 KiB when the epilogue stores from registers (up-proj: H and A);
 //   3 stages = 144 KiB + a 128x256 bf16 output tile (64 KiB) = 208 KiB for the TMA-store
-//   epilogue (down-proj, dX̃), whose K loops are short (K = n or 2n), so a deeper pipeline buys
-//   less than overlapping the store with the next tile.
+//   epilogues (H of up-proj, Y of down-proj, dX̃). Overlapping a tile's store with the next
+//   tile's wgmmas measured worth more than a 4th stage (H200, (T,d,n,E,K) = (24576,1536,256,
+//   128,8)): down-proj 217 -> 409-429 TFLOPS, up-proj 433-436 (4 stages, register stores) ->
+//   497 (3 stages, H by TMA store, A from registers).
+//   4 stages = 192 KiB fit only with the register-store epilogues (EpilogueStore,
+//   EpilogueSwiGLU), which leave no room for the output tile.
 //
 // Registers (65536 per SM, one CTA of 384 threads per SM): the producer warpgroup drops to
 // 56 (it holds 8 gathered row pointers = 16 registers plus loop state), the consumers rise to
 // 224: 128 fp32 accumulators per thread + epilogue temporaries.
-// 56*128 + 224*256 = 64512 <= 65536.
+// 56*128 + 224*256 = 64512 <= 65536. Caveat seen in ptxas -v: the kernel is still compiled
+// under the launch-bounds cap of 168 registers (65536/384), so the consumer path must fit in
+// 168 with its 128 accumulators; every epilogue here does, with 0 bytes spilled.
 template <int kStagesT>
 struct TileConfig128x256 {
   static constexpr int kTileM = 128;
@@ -42,7 +47,7 @@ struct TileConfig128x256 {
 };
 
 // The configuration each role uses today.
-using UpProjTile = TileConfig128x256<4>;
+using UpProjTile = TileConfig128x256<3>;
 using DownProjTile = TileConfig128x256<3>;
 using UpProjInputGradTile = TileConfig128x256<3>;
 

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "sonicmoe/device.h"
 #include "sonicmoe/status.h"
 #include "sonicmoe/types.h"
 
@@ -20,29 +21,11 @@ namespace sonicmoe::gpu_testing {
 
 // Empty when an sm_90 GPU is usable; otherwise the reason to skip.
 inline std::string hopper_skip_reason() {
-  int count = 0;
-  cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    return std::string("cudaGetDeviceCount failed: ") + cudaGetErrorString(err);
-  }
-  if (count == 0) return "no CUDA device";
-  cudaDeviceProp prop{};
-  int device = 0;
-  cudaGetDevice(&device);
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return "cudaGetDeviceProperties failed";
-  if (prop.major != 9)
-    return std::string(prop.name) + " is sm_" + std::to_string(prop.major) + std::to_string(prop.minor);
-  return "";
+  const DeviceInfo info = query_device();
+  return info.is_hopper ? std::string() : info.reason;
 }
 
-inline std::string device_name() {
-  cudaDeviceProp prop{};
-  int device = 0;
-  cudaGetDevice(&device);
-  cudaGetDeviceProperties(&prop, device);
-  return prop.name;
-}
+inline std::string device_name() { return query_device().name; }
 
 #define SONICMOE_SKIP_WITHOUT_HOPPER()                                                  \
   do {                                                                                \

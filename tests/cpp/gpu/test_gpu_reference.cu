@@ -7,18 +7,14 @@
 #include <random>
 #include <vector>
 
+#include "gpu/gpu_test_util.h"
 #include "reference/gpu_reference.cuh"
-#include "sonicmoe/device.h"
 
 namespace sonicmoe::testing {
 namespace {
 
 #define GPU_CHECK(call) ASSERT_EQ((call), cudaSuccess) << #call
 
-void skip_without_hopper() {
-  const DeviceInfo info = query_device();
-  if (!info.is_hopper) GTEST_SKIP() << "no Hopper (sm_90) GPU: " << info.reason;
-}
 
 template <class T>
 T* to_device(const std::vector<T>& host) {
@@ -42,8 +38,7 @@ const std::vector<int32_t> kOffsets = {0, 0, 1, 6, 6, 15};
 const std::vector<int32_t> kGather = {3, 0, 1, 2, 4, 5, 0, 1, 2, 3, 4, 5, 1, 3, 5};
 
 TEST(GpuReference, RowsMatchHostLoops) {
-  skip_without_hopper();
-  if (::testing::Test::IsSkipped()) return;
+  SONICMOE_SKIP_WITHOUT_HOPPER();
   const int64_t E = 5, TK = 15, T = 6, K = 40, N = 24;
   std::mt19937_64 rng(std::random_device{}());
   const auto a = random_bf16(size_t(T * K), rng, 1.f), b = random_bf16(size_t(E * N * K), rng, 0.2f),
@@ -79,8 +74,7 @@ TEST(GpuReference, RowsMatchHostLoops) {
 }
 
 TEST(GpuReference, WeightsMatchHostLoops) {
-  skip_without_hopper();
-  if (::testing::Test::IsSkipped()) return;
+  SONICMOE_SKIP_WITHOUT_HOPPER();
   const int64_t E = 5, TK = 15, T = 6, M = 16, N = 24;
   std::mt19937_64 rng(std::random_device{}());
   const auto left = random_bf16(size_t(T * M), rng, 1.f), right = random_bf16(size_t(TK * N), rng, 1.f);

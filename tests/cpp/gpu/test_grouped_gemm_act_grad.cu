@@ -9,7 +9,7 @@
 
 #include "gpu/gpu_test_util.h"
 #include "gpu/ragged_routing.h"
-#include "sonicmoe/grouped_gemm_act_grad.h"
+#include "sonicmoe/grouped_gemm.h"
 
 namespace sonicmoe::gpu_testing {
 namespace {

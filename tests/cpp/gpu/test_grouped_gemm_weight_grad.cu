@@ -11,7 +11,7 @@
 
 #include "gpu/gpu_test_util.h"
 #include "gpu/ragged_routing.h"
-#include "sonicmoe/grouped_gemm_weight_grad.h"
+#include "sonicmoe/grouped_gemm.h"
 
 namespace sonicmoe::gpu_testing {
 namespace {
