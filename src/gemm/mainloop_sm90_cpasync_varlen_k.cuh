@@ -112,22 +112,51 @@ struct MainloopSm90CpAsyncVarlenK {
     return op.ptr + row * op.ld;
   }
 
-  // One k-tile of one operand by cp.async: kTileK rows x kWidth columns starting at column w0,
-  // zero-filled outside the expert's rows and past `width`. A warp covers whole 256-byte row
-  // segments: coalesced reads, conflict-free swizzled writes.
-  template <int kWidth, class SmemTensor>
-  __device__ static void copy_k_tile(Operand const& op, SmemTensor& s, VarlenKWorkTile const& work, int w0, int width,
-                                     int kt, int stage, int t) {
-    constexpr int kChunks = kWidth / 8, kRowsPerPass = kProducerThreads / kChunks, kPasses = kTileK / kRowsPerPass;
+  // The copy mapping of one operand's k-tile: kChunks 16-byte chunks across the tile width, a
+  // warp covering whole 256-byte row segments (coalesced reads, conflict-free swizzled writes).
+  template <int kWidth>
+  struct CopyMap {
+    static constexpr int kChunks = kWidth / 8, kRowsPerPass = kProducerThreads / kChunks;
+    static constexpr int kPasses = kTileK / kRowsPerPass;
     static_assert(kProducerThreads % kChunks == 0 && kTileK % kRowsPerPass == 0, "copy mapping");
-    const int chunk = t % kChunks, row0 = t / kChunks;
+  };
+
+  // Source rows of this thread's passes in k-tile kt (-1: past the expert's rows or out of
+  // range). For the gathered operand these are index loads; they are issued one k-tile ahead so
+  // their latency overlaps the wait for a free stage.
+  template <int kWidth>
+  __device__ static void load_rows(Operand const& op, VarlenKWorkTile const& work, int kt, int t,
+                                   int32_t (&rows)[CopyMap<kWidth>::kPasses]) {
+    using Map = CopyMap<kWidth>;
+    const int row0 = t / Map::kChunks;
+#pragma unroll
+    for (int p = 0; p < Map::kPasses; ++p) {
+      const int slot = kt * kTileK + row0 + p * Map::kRowsPerPass;
+      int32_t row = -1;
+      if (slot < work.rows) {
+        const int64_t grouped_row = int64_t(work.row_start) + slot;
+        const int64_t r = op.gather_idx ? int64_t(__ldg(op.gather_idx + grouped_row)) : grouped_row;
+        if (r >= 0 && r < op.rows) row = int32_t(r);
+      }
+      rows[p] = row;
+    }
+  }
+
+  // One k-tile of one operand by cp.async from the given source rows: kTileK rows x kWidth
+  // columns starting at column w0, zero-filled for rows < 0 and past `width`.
+  template <int kWidth, class SmemTensor>
+  __device__ static void copy_k_tile(Operand const& op, SmemTensor& s, const int32_t (&rows)[CopyMap<kWidth>::kPasses],
+                                     int w0, int width, int stage, int t) {
+    using Map = CopyMap<kWidth>;
+    const int chunk = t % Map::kChunks, row0 = t / Map::kChunks;
     const int col = w0 + chunk * 8;
     const bool col_ok = col < width;
 #pragma unroll
-    for (int p = 0; p < kPasses; ++p) {
-      const int r = row0 + p * kRowsPerPass;
-      const Element* row = col_ok ? source_row(op, work, kt * kTileK + r) : nullptr;
-      cp_async_16_zfill(cute::cast_smem_ptr_to_uint(&s(chunk * 8, r, stage)), row ? row + col : op.ptr, row ? 16 : 0);
+    for (int p = 0; p < Map::kPasses; ++p) {
+      const bool ok = col_ok && rows[p] >= 0;
+      const Element* src = ok ? op.ptr + int64_t(rows[p]) * op.ld + col : op.ptr;
+      cp_async_16_zfill(cute::cast_smem_ptr_to_uint(&s(chunk * 8, row0 + p * Map::kRowsPerPass, stage)), src,
+                        ok ? 16 : 0);
     }
   }
 
@@ -155,7 +184,17 @@ struct MainloopSm90CpAsyncVarlenK {
       auto [tCg, tCs] = tma_partition(args.tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sC),
                                       group_modes<0, 2>(gC));  // (TMA,kt), (TMA,stage)
       const int tiles = k_tiles(work);
+      // The gathered operand's source rows, one k-tile ahead.
+      constexpr int kGatherWidth = kGatherLeft ? kTileM : kTileN;
+      constexpr int kContigW = kContigWidth;
+      const Operand& gathered = kGatherLeft ? args.left : args.right;
+      const int gather_w0 = kGatherLeft ? m0 : n0, gather_width = kGatherLeft ? args.m : args.n;
+      const int contig_w0 = kGatherLeft ? n0 : m0;
+      int32_t rows[CopyMap<kGatherWidth>::kPasses];
+      if (tiles > 0) load_rows<kGatherWidth>(gathered, work, 0, t, rows);
       for (int kt = 0; kt < tiles; ++kt) {
+        int32_t next_rows[CopyMap<kGatherWidth>::kPasses];
+        if (kt + 1 < tiles) load_rows<kGatherWidth>(gathered, work, kt + 1, t, next_rows);
         cutlass::arch::ClusterBarrier::wait(&ss.empty[stage], phase);
         const bool whole = (kt + 1) * kTileK <= work.rows;
         if (whole) {
@@ -164,21 +203,23 @@ struct MainloopSm90CpAsyncVarlenK {
             copy(args.tma.with(ss.full[stage]), tCg(_, kt), tCs(_, stage));
           }
         } else {
+          // The expert's partial last k-tile: the contiguous operand by cp.async, zero-filled.
           if (t == 0) cutlass::arch::ClusterBarrier::arrive(&ss.full[stage]);
-          if constexpr (kGatherLeft)
-            copy_k_tile<kTileN>(args.right, sB, work, n0, args.n, kt, stage, t);
-          else
-            copy_k_tile<kTileM>(args.left, sA, work, m0, args.m, kt, stage, t);
+          int32_t tail_rows[CopyMap<kContigW>::kPasses];
+          load_rows<kContigW>(contig, work, kt, t, tail_rows);
+          copy_k_tile<kContigW>(contig, sC, tail_rows, contig_w0, contig_width, stage, t);
         }
         if constexpr (kGatherLeft)
-          copy_k_tile<kTileM>(args.left, sA, work, m0, args.m, kt, stage, t);
+          copy_k_tile<kTileM>(args.left, sA, rows, gather_w0, gather_width, stage, t);
         else
-          copy_k_tile<kTileN>(args.right, sB, work, n0, args.n, kt, stage, t);
+          copy_k_tile<kTileN>(args.right, sB, rows, gather_w0, gather_width, stage, t);
         cutlass::arch::cpasync_barrier_arrive_noinc(&ss.full[stage]);
         if (++stage == kStages) {
           stage = 0;
           phase ^= 1;
         }
+#pragma unroll
+        for (int p = 0; p < CopyMap<kGatherWidth>::kPasses; ++p) rows[p] = next_rows[p];
       }
     }
     cute::cp_async_wait<0>();
