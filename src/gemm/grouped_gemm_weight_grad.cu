@@ -1,13 +1,12 @@
-// src/gemm/grouped_gemm_weight_grad.cu — roles 5 and 7, the weight gradients dW2 and dW1: one
-// varlen-K instantiation shared by both (only the operands differ), so the translation unit pays
-// for the CuTe templates once.
+// src/gemm/grouped_gemm_weight_grad.cu — roles 5 and 7, the weight gradients dW2 and dW1: the
+// grouped skeleton with the varlen-K mainloop (dW2 gathers its left operand, dW1 its right one)
+// and the dense per-expert store; both in one translation unit so the CuTe templates are paid
+// for once.
 #include <cuda_bf16.h>
 
-#include <algorithm>
-#include <atomic>
-#include <string>
-
-#include "gemm/kernel_sm90_varlen_k.cuh"
+#include "gemm/epilogue_weight_grad.cuh"
+#include "gemm/launch_sm90_grouped.cuh"
+#include "gemm/mainloop_sm90_cpasync_varlen_k.cuh"
 #include "gemm/tile_config.h"
 #include "gemm/validate_grouped_gemm.h"
 #include "sonicmoe/grouped_gemm.h"
@@ -22,37 +21,6 @@ using Cfg = gemm::TileConfig128x256<4>;
 using MainloopDW2 = gemm::MainloopSm90CpAsyncVarlenK<Cfg, /*kGatherLeft=*/true>;
 using MainloopDW1 = gemm::MainloopSm90CpAsyncVarlenK<Cfg, /*kGatherLeft=*/false>;
 using Element = MainloopDW2::Element;
-
-Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return Status();
-  return Status::error(StatusCode::cuda_error, std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-// out[e] (m x n) = Σ_rows left[lrow]ᵀ ⊗ right[rrow]; no synchronisation, no allocation.
-template <class Mainloop>
-Status launch_weight_grad(const gemm::VarlenKKernelParams<Mainloop>& params, cudaStream_t stream) {
-  auto kernel = gemm::grouped_gemm_varlen_k_sm90_kernel<Cfg, Mainloop>;
-  const size_t smem_bytes = sizeof(typename Mainloop::SharedStorage) + 1024;
-  int device = 0, sms = 0;
-  SONICMOE_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
-  // The shared-memory opt-in is a per-device host attribute: set once, then skipped (also under
-  // stream capture).
-  static std::atomic<uint64_t> configured_devices{0};
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (bit == 0 || !(configured_devices.load(std::memory_order_acquire) & bit)) {
-    SONICMOE_RETURN_IF_ERROR(cuda_status(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)),
-        "cudaFuncSetAttribute(grouped_gemm_varlen_k_sm90_kernel)"));
-    configured_devices.fetch_or(bit, std::memory_order_acq_rel);
-  }
-  SONICMOE_RETURN_IF_ERROR(
-      cuda_status(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute"));
-  const int64_t tiles = int64_t(params.num_experts) * ((params.mainloop.m + Cfg::kTileM - 1) / Cfg::kTileM) *
-                        ((params.mainloop.n + Cfg::kTileN - 1) / Cfg::kTileN);
-  const int grid = int(std::max<int64_t>(1, std::min<int64_t>(sms, tiles)));
-  kernel<<<grid, Cfg::kThreads, smem_bytes, stream>>>(params);
-  return cuda_status(cudaGetLastError(), "grouped_gemm_varlen_k_sm90_kernel launch");
-}
 
 }  // namespace
 
@@ -91,43 +59,43 @@ Status validate(const UpProjWeightGradParams& p) {
 
 // Nothing routed: every expert's gradient is zero (and there is no row tensor to describe).
 static Status zero_gradient(bfloat16* out, int64_t count, cudaStream_t stream) {
-  return cuda_status(cudaMemsetAsync(out, 0, size_t(count) * sizeof(bfloat16), stream), "cudaMemsetAsync");
+  return gemm::cuda_status(cudaMemsetAsync(out, 0, size_t(count) * sizeof(bfloat16), stream), "cudaMemsetAsync");
 }
 
 Status grouped_gemm_down_proj_weight_grad(const DownProjWeightGradParams& p, cudaStream_t stream) {
   SONICMOE_RETURN_IF_ERROR(validate(p));
   if (p.num_rows == 0) return zero_gradient(p.grad_w2, p.num_experts * p.hidden * p.intermediate, stream);
   const auto* a_scaled = reinterpret_cast<const Element*>(p.a_scaled);
-  const gemm::VarlenKKernelParams<MainloopDW2> params{
+  const gemm::GroupedKernelParams<MainloopDW2, gemm::EpilogueWeightGrad> params{
       .mainloop = {.left = {reinterpret_cast<const Element*>(p.grad_out), p.hidden, p.gather_idx, p.num_tokens},
                    .right = {a_scaled, p.intermediate, nullptr, p.num_rows},
                    .m = int(p.hidden),
                    .n = int(p.intermediate),
                    .tma = MainloopDW2::make_tma_contig(a_scaled, int(p.intermediate), int(p.num_rows),
                                                       p.intermediate)},
-      .out = reinterpret_cast<__nv_bfloat16*>(p.grad_w2),
+      .epilogue = {.out = reinterpret_cast<__nv_bfloat16*>(p.grad_w2), .m = int(p.hidden)},
       .expert_offsets = p.expert_offsets,
       .num_experts = int(p.num_experts),
       .num_rows = int(p.num_rows)};
-  return launch_weight_grad(params, stream);
+  return gemm::launch_grouped_gemm<Cfg>(params, stream);
 }
 
 Status grouped_gemm_up_proj_weight_grad(const UpProjWeightGradParams& p, cudaStream_t stream) {
   SONICMOE_RETURN_IF_ERROR(validate(p));
   if (p.num_rows == 0) return zero_gradient(p.grad_w1, p.num_experts * p.h_cols * p.hidden, stream);
   const auto* grad_h = reinterpret_cast<const Element*>(p.grad_h);
-  const gemm::VarlenKKernelParams<MainloopDW1> params{
+  const gemm::GroupedKernelParams<MainloopDW1, gemm::EpilogueWeightGrad> params{
       .mainloop = {.left = {grad_h, p.h_cols, nullptr, p.num_rows},
                    .right = {reinterpret_cast<const Element*>(p.x), p.hidden, p.gather_idx, p.num_tokens},
                    .m = int(p.h_cols),
                    .n = int(p.hidden),
                    .tma = MainloopDW1::make_tma_contig(grad_h, int(p.h_cols), int(p.num_rows),
                                                       p.h_cols)},
-      .out = reinterpret_cast<__nv_bfloat16*>(p.grad_w1),
+      .epilogue = {.out = reinterpret_cast<__nv_bfloat16*>(p.grad_w1), .m = int(p.h_cols)},
       .expert_offsets = p.expert_offsets,
       .num_experts = int(p.num_experts),
       .num_rows = int(p.num_rows)};
-  return launch_weight_grad(params, stream);
+  return gemm::launch_grouped_gemm<Cfg>(params, stream);
 }
 
 }  // namespace sonicmoe

@@ -1,6 +1,8 @@
 // src/gemm/kernel_sm90_grouped.cuh — the persistent warp-specialized grouped GEMM kernel for
-// sm_90a, shared by every role: Mainloop (how A and B reach shared memory) x Epilogue (what
-// happens to the fp32 accumulators) over the ragged-expert tile scheduler.
+// sm_90a, shared by every role: Mainloop (how A and B reach shared memory, and over which tiles:
+// its Scheduler walks ragged rows per expert for varlen M, or a fixed tile grid per expert whose
+// k-loop runs over the expert's rows for varlen K) x Epilogue (what happens to the fp32
+// accumulators).
 //
 // CTA = 1 producer warpgroup + Cfg::kConsumerWarpgroups consumer warpgroups (cooperative: the
 // consumers split one tile along M). setmaxnreg moves registers from the producer, which only
@@ -54,19 +56,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int warpgroup = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     Mainloop::init_barriers(ss);
-    cute::prefetch_tma_descriptor(params.mainloop.tma_b.get_tma_descriptor());
+    Mainloop::prefetch(params.mainloop);
     Epilogue::prefetch(params.epilogue);
   }
   __syncthreads();
 
   const auto& ml = params.mainloop;
-  const int n_blocks = (ml.n + Cfg::kTileN - 1) / Cfg::kTileN;
-  const int k_tiles = (ml.k + Cfg::kTileK - 1) / Cfg::kTileK;
-  GroupedTileScheduler<Cfg::kTileM> sched(params.expert_offsets, params.num_experts, params.num_rows, n_blocks);
+  auto sched = Mainloop::make_scheduler(ml, params.expert_offsets, params.num_experts, params.num_rows);
+  // Varlen M: every tile runs the same k-loop, computed once here, before the register split
+  // (computed after it, it cost the 56-register producer a spill).
+  const int uniform_k_tiles = Mainloop::kVarlenK ? 0 : Mainloop::k_tiles(ml, typename Mainloop::Work{});
 
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegisters>();
-    Mainloop::produce(ml, ss, sched, k_tiles);
+    Mainloop::produce(ml, ss, sched, uniform_k_tiles);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegisters>();
     typename Mainloop::TiledMma tiled_mma;
@@ -77,8 +80,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     int stage = 0;
     uint32_t phase = 0;
     for (int tile = blockIdx.x;; tile += gridDim.x) {
-      WorkTile work;
+      typename Mainloop::Work work;
       if (!sched.find(tile, work)) break;
+      const int k_tiles = Mainloop::kVarlenK ? Mainloop::k_tiles(ml, work) : uniform_k_tiles;
       // The accumulators start from the bias (or zero); the k-loop accumulates onto them. An
       // epilogue without init_accumulators (no bias) gets zeros.
       if constexpr (requires {

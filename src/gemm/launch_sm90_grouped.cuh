@@ -39,9 +39,7 @@ Status launch_grouped_gemm(const GroupedKernelParams<Mainloop, Epilogue>& params
   }
   SONICMOE_RETURN_IF_ERROR(
       cuda_status(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute"));
-  const int64_t n_blocks = (params.mainloop.n + Cfg::kTileN - 1) / Cfg::kTileN;
-  // Each expert owns ceil(rows/kTileM) m-blocks <= rows/kTileM + 1.
-  const int64_t max_tiles = (int64_t(params.num_rows) / Cfg::kTileM + params.num_experts) * n_blocks;
+  const int64_t max_tiles = Mainloop::max_tiles(params.mainloop, params.num_rows, params.num_experts);
   const int grid = int(std::max<int64_t>(1, std::min<int64_t>(sms, max_tiles)));
   kernel<<<grid, Cfg::kThreads, smem_bytes, stream>>>(params);
   return cuda_status(cudaGetLastError(), "grouped_gemm_sm90_kernel launch");

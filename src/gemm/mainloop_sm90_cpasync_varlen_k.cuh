@@ -87,6 +87,20 @@ struct MainloopSm90CpAsyncVarlenK {
     TmaContig tma;  // the contiguous operand (right when kGatherLeft, else left)
   };
 
+  // The skeleton's hooks (kernel_sm90_grouped.cuh): every expert owns the same grid of output
+  // tiles; the k-loop runs over the expert's rows (varlen K).
+  using Scheduler = VarlenKTileScheduler;
+  static constexpr bool kVarlenK = true;
+  using Work = VarlenKWorkTile;
+  __device__ static Scheduler make_scheduler(Args const& args, const int32_t* offsets, int experts, int rows) {
+    return Scheduler{offsets, experts, rows, (args.m + kTileM - 1) / kTileM, (args.n + kTileN - 1) / kTileN};
+  }
+  __device__ static int k_tiles(Args const&, Work const& work) { return (work.rows + kTileK - 1) / kTileK; }
+  __device__ static void prefetch(Args const& args) { cute::prefetch_tma_descriptor(args.tma.get_tma_descriptor()); }
+  static int64_t max_tiles(Args const& args, int64_t /*rows*/, int64_t experts) {
+    return experts * ((args.m + kTileM - 1) / kTileM) * ((args.n + kTileN - 1) / kTileN);
+  }
+
   __device__ static void init_barriers(SharedStorage& ss) {
     for (int s = 0; s < kStages; ++s) {
       cutlass::arch::ClusterTransactionBarrier::init(&ss.full[s], 1 + kProducerThreads);
@@ -94,8 +108,6 @@ struct MainloopSm90CpAsyncVarlenK {
     }
     cutlass::arch::fence_barrier_init();
   }
-
-  __device__ static int k_tiles(VarlenKWorkTile const& work) { return (work.rows + kTileK - 1) / kTileK; }
 
   __device__ static void cp_async_16_zfill(uint32_t smem_addr, const void* gmem, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem), "r"(src_bytes)
@@ -160,8 +172,8 @@ struct MainloopSm90CpAsyncVarlenK {
     }
   }
 
-  template <class Scheduler>
-  __device__ static void produce(Args const& args, SharedStorage& ss, Scheduler const& sched) {
+  // The k-loop length is per expert here; the skeleton's uniform count is unused.
+  __device__ static void produce(Args const& args, SharedStorage& ss, Scheduler const& sched, int /*uniform*/) {
     using namespace cute;
     const int t = threadIdx.x % kProducerThreads;
     Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
@@ -183,7 +195,7 @@ struct MainloopSm90CpAsyncVarlenK {
                              make_shape(Int<kContigWidth>{}, TileK{}), make_coord(contig_block, _));  // (W,K,kt)
       auto [tCg, tCs] = tma_partition(args.tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sC),
                                       group_modes<0, 2>(gC));  // (TMA,kt), (TMA,stage)
-      const int tiles = k_tiles(work);
+      const int tiles = k_tiles(args, work);
       // The gathered operand's source rows, one k-tile ahead.
       constexpr int kGatherWidth = kGatherLeft ? kTileM : kTileN;
       constexpr int kContigW = kContigWidth;
@@ -225,9 +237,8 @@ struct MainloopSm90CpAsyncVarlenK {
     cute::cp_async_wait<0>();
   }
 
-  // One output tile's reduction into `accum`. With no rows nothing is issued and `accum` is left
-  // as it was: the epilogue writes zeros for such tiles (touching the accumulators outside the
-  // wgmma flow would make ptxas serialise it).
+  // One output tile's reduction, accumulated onto `accum` (the kernel zeroes it first, so an
+  // expert without rows gets a zero gradient).
   template <class ThrMma, class Accum>
   __device__ static void mma(TiledMma& tiled_mma, ThrMma const& thr_mma, Accum& accum, SharedStorage& ss,
                              int tiles, int& stage, uint32_t& phase) {
@@ -238,7 +249,7 @@ struct MainloopSm90CpAsyncVarlenK {
     Tensor tCrB = thr_mma.make_fragment_B(thr_mma.partition_B(sB));
     const bool lane0 = (threadIdx.x & 31) == 0;
     if (tiles == 0) return;
-    tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+    tiled_mma.accumulate_ = GMMA::ScaleOut::One;
     int release_stage = stage;
     warpgroup_fence_operand(accum);
     for (int kt = 0; kt < tiles; ++kt) {
@@ -250,7 +261,6 @@ struct MainloopSm90CpAsyncVarlenK {
 #pragma unroll
       for (int kb = 0; kb < size<2>(tCrA); ++kb) {
         cute::gemm(tiled_mma, tCrA(_, _, kb, stage), tCrB(_, _, kb, stage), accum);
-        tiled_mma.accumulate_ = GMMA::ScaleOut::One;
       }
       warpgroup_commit_batch();
       warpgroup_fence_operand(accum);

@@ -99,6 +99,22 @@ struct MainloopSm90TmaGather {
     int num_experts;
   };
 
+  // The skeleton's hooks (kernel_sm90_grouped.cuh): ragged rows per expert (varlen M), a fixed
+  // k-loop over the GEMM's K.
+  using Scheduler = GroupedTileScheduler<kTileM>;
+  static constexpr bool kVarlenK = false;
+  using Work = WorkTile;
+  __device__ static Scheduler make_scheduler(Args const& args, const int32_t* offsets, int experts, int rows) {
+    return Scheduler(offsets, experts, rows, (args.n + kTileN - 1) / kTileN);
+  }
+  __device__ static int k_tiles(Args const& args, Work const&) { return (args.k + kTileK - 1) / kTileK; }
+  __device__ static void prefetch(Args const& args) { cute::prefetch_tma_descriptor(args.tma_b.get_tma_descriptor()); }
+  // Upper bound on the tile count for the grid size: each expert owns ceil(rows/kTileM) <=
+  // rows/kTileM + 1 m-blocks.
+  static int64_t max_tiles(Args const& args, int64_t rows, int64_t experts) {
+    return (rows / kTileM + experts) * ((args.n + kTileN - 1) / kTileN);
+  }
+
   __device__ static void init_barriers(SharedStorage& ss) {
     for (int s = 0; s < kStages; ++s) {
       cutlass::arch::ClusterTransactionBarrier::init(&ss.full[s], 1 + kProducerThreads);
@@ -113,9 +129,7 @@ struct MainloopSm90TmaGather {
   }
 
   // Producer warpgroup body: walks the same tiles as the consumers and fills the stages.
-  template <int kTileMSched>
-  __device__ static void produce(Args const& args, SharedStorage& ss, GroupedTileScheduler<kTileMSched>& sched,
-                                 int k_tiles) {
+  __device__ static void produce(Args const& args, SharedStorage& ss, Scheduler& sched, int k_tiles) {
     using namespace cute;
     const int t = threadIdx.x % kProducerThreads;
     const int chunk = t % Cfg::kChunksPerRow;
