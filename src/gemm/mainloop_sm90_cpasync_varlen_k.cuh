@@ -202,12 +202,11 @@ struct MainloopSm90CpAsyncVarlenK {
       const Operand& gathered = kGatherLeft ? args.left : args.right;
       const int gather_w0 = kGatherLeft ? m0 : n0, gather_width = kGatherLeft ? args.m : args.n;
       const int contig_w0 = kGatherLeft ? n0 : m0;
-      // One k-tile: indices for kt + 1 are requested into `next` before waiting for a free stage,
-      // and first read one step later, so their latency hides behind this step's wait and copies.
-      // (Two buffers used alternately: a register copy of `next` would wait for the loads.)
-      auto step = [&](int kt, const int32_t(&rows)[CopyMap<kGatherWidth>::kPasses],
-                      int32_t(&next)[CopyMap<kGatherWidth>::kPasses]) {
-        if (kt + 1 < tiles) load_rows<kGatherWidth>(gathered, work, kt + 1, t, next);
+      int32_t rows[CopyMap<kGatherWidth>::kPasses];
+      if (tiles > 0) load_rows<kGatherWidth>(gathered, work, 0, t, rows);
+      for (int kt = 0; kt < tiles; ++kt) {
+        int32_t next_rows[CopyMap<kGatherWidth>::kPasses];
+        if (kt + 1 < tiles) load_rows<kGatherWidth>(gathered, work, kt + 1, t, next_rows);
         cutlass::arch::ClusterBarrier::wait(&ss.empty[stage], phase);
         const bool whole = (kt + 1) * kTileK <= work.rows;
         if (whole) {
@@ -231,12 +230,8 @@ struct MainloopSm90CpAsyncVarlenK {
           stage = 0;
           phase ^= 1;
         }
-      };
-      int32_t rows_even[CopyMap<kGatherWidth>::kPasses], rows_odd[CopyMap<kGatherWidth>::kPasses];
-      if (tiles > 0) load_rows<kGatherWidth>(gathered, work, 0, t, rows_even);
-      for (int kt = 0; kt < tiles; kt += 2) {
-        step(kt, rows_even, rows_odd);
-        if (kt + 1 < tiles) step(kt + 1, rows_odd, rows_even);
+#pragma unroll
+        for (int p = 0; p < CopyMap<kGatherWidth>::kPasses; ++p) rows[p] = next_rows[p];
       }
     }
     cute::cp_async_wait<0>();

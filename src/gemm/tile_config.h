@@ -51,14 +51,4 @@ using UpProjTile = TileConfig128x256<3>;
 using DownProjTile = TileConfig128x256<3>;
 using UpProjInputGradTile = TileConfig128x256<3>;
 
-// Weight gradients (varlen K): 4 stages (192 KiB) — the k-loop runs over an expert's rows, so
-// pipeline depth matters more than an output staging buffer. The producer holds the gathered row
-// indices of two k-tiles (2 x 16 registers for dW1's 256-wide gathered operand) besides its
-// addresses: at 56 registers it spilled, so the split is 80 / 216 (80*128 + 216*256 = 65536).
-// The consumers hold 128 fp32 accumulators and a light epilogue (ptxas: no spills at 216).
-struct WeightGradTile : TileConfig128x256<4> {
-  static constexpr int kProducerRegisters = 80;
-  static constexpr int kConsumerRegisters = 216;
-};
-
 }  // namespace sonicmoe::gemm
