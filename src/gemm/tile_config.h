@@ -26,7 +26,9 @@ namespace sonicmoe::gemm {
 // Registers (65536 per SM, one CTA of 384 threads per SM): the producer warpgroup drops to
 // 56 (it holds 8 gathered row pointers = 16 registers plus loop state), the consumers rise to
 // 224: 128 fp32 accumulators per thread + epilogue temporaries.
-// 56*128 + 224*256 = 64512 <= 65536. Caveat seen in ptxas -v: the kernel is still compiled
+// 56*128 + 224*256 = 64512 <= 65536. setmaxnreg only moves registers inside the CTA's launch
+// allocation (384 threads x 168 = 64512): a split that sums to more (80/216 = 65536 was tried)
+// makes the consumers' setmaxnreg.inc wait forever — the kernel hangs (seen on an H200). Caveat seen in ptxas -v: the kernel is still compiled
 // under the launch-bounds cap of 168 registers (65536/384), so the consumer path must fit in
 // 168 with its 128 accumulators; every epilogue here does, with 0 bytes spilled.
 template <int kStagesT>
