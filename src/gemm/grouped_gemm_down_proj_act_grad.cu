@@ -12,9 +12,7 @@
 
 namespace sonicmoe {
 namespace {
-// 4 stages, epilogue straight from registers (like up-proj): the epilogue loads H and writes
-// three tensors per tile, so smem is better spent on the pipeline until it is TMA-staged.
-using Cfg = gemm::TileConfig128x256<4>;
+using Cfg = gemm::DownProjActGradTile;
 }  // namespace
 
 int64_t down_proj_act_grad_partial_cols(int64_t intermediate) {

@@ -14,9 +14,7 @@
 namespace sonicmoe {
 namespace {
 
-// 4 stages (192 KiB): the reduction runs over an expert's rows (hundreds to thousands), so the
-// pipeline depth matters more than an output staging buffer here.
-using Cfg = gemm::TileConfig128x256<4>;
+using Cfg = gemm::WeightGradTile;
 // dW2 gathers its left operand (dO), dW1 its right one (x); the other comes by TMA.
 using MainloopDW2 = gemm::MainloopSm90CpAsyncVarlenK<Cfg, /*kGatherLeft=*/true>;
 using MainloopDW1 = gemm::MainloopSm90CpAsyncVarlenK<Cfg, /*kGatherLeft=*/false>;

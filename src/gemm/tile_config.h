@@ -52,5 +52,11 @@ struct TileConfig128x256 {
 using UpProjTile = TileConfig128x256<3>;
 using DownProjTile = TileConfig128x256<3>;
 using UpProjInputGradTile = TileConfig128x256<3>;
+// dH: 4 stages, epilogue straight from registers — it loads H and writes three tensors per tile,
+// so shared memory goes to the pipeline until the epilogue is TMA-staged.
+using DownProjActGradTile = TileConfig128x256<4>;
+// dW1, dW2: 4 stages (192 KiB) — the reduction runs over an expert's rows (hundreds to
+// thousands), so pipeline depth matters more than an output staging buffer.
+using WeightGradTile = TileConfig128x256<4>;
 
 }  // namespace sonicmoe::gemm
