@@ -58,6 +58,14 @@ struct ForwardParams {
   RoutingList routing_input;            // general routing only: the caller's list (validated)
   void* out = nullptr;                  // [T, d] out
   SavedState saved;                     // out: routing, metadata and H for the backward
+  // Inference: nothing is kept for a backward and `saved` must be left empty (capacity 0, null
+  // pointers); routing and H live in the workspace for the duration of the call (GPU layer).
+  bool inference = false;
+  // General routing on the GPU: check the list's contents (the rules of RoutingList) before
+  // using it and report a broken rule as a Status. This reads 8 bytes back and so synchronises
+  // the stream once: turn it off inside CUDA-graph capture (a bad list then stays memory-safe but
+  // gives meaningless results).
+  bool check_routing_input = true;
 };
 
 struct BackwardParams {

@@ -263,6 +263,13 @@ Status validate_forward_params(const ForwardParams& p) {
                                       concat("must be empty unless config.routing is general (got routing=",
                                              to_string(p.config.routing), ")"));
   }
+  if (p.inference) {
+    const SavedState& s = p.saved;
+    if (s.capacity != 0 || s.token_idx || s.expert_idx || s.scores || s.h || s.metadata.expert_offsets ||
+        s.metadata.gather_idx || s.metadata.scatter_idx || s.metadata.reverse_idx)
+      return Status::invalid_argument("saved", "must be empty (capacity 0, null pointers) for an inference forward");
+    return {};
+  }
   if (p.saved.capacity < 0)
     return Status::invalid_argument("saved.capacity", concat("must be >= 0 (got ", p.saved.capacity, ")"));
   const int64_t need = forward_routed_capacity(p);

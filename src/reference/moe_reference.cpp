@@ -117,6 +117,8 @@ static Status saved_scores_double(const LayerConfig& config, const void* x, cons
 
 Status moe_forward(const ForwardParams& p, const Options& options) {
   SONICMOE_RETURN_IF_ERROR(sonicmoe::detail::validate_forward_params(p));
+  if (p.inference)
+    return Status::unsupported("inference", "the CPU reference always fills the saved state: pass inference=false");
   const LayerShape& shape = p.config.shape;
   if (p.config.routing == RoutingKind::general)
     SONICMOE_RETURN_IF_ERROR(validate_routing_list(p.routing_input, shape.num_tokens, shape.num_experts, "routing_input"));
