@@ -3,7 +3,8 @@
 # machine (its time is scarce): build there, the whole test suite (GPU tests included),
 # compute-sanitizer on a small case of every GPU role, the grouped-GEMM benchmark and the PyTorch
 # baselines. Logs go to $OUT (or ./out); the last lines printed are a summary.
-#   usage (device machine, repo root, third_party/ carried): bash scripts/device_check.sh [bench shapes, default 0,1,2]
+#   usage (device machine, repo root, third_party/ carried):
+#     bash scripts/device_check.sh [gemm shapes, default 0,1,2 | none] [layer configs, default all | none]
 set -u
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -11,6 +12,7 @@ out=${OUT:-$root/out}
 mkdir -p "$out"
 export PATH=/usr/local/cuda/bin:$PATH
 shapes=${1:-0,1,2}
+layer_configs=${2:-all}
 summary=()
 
 { date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv; nvcc --version | tail -1
@@ -26,20 +28,26 @@ summary+=("build rc=$build_rc in $(( $(date +%s) - start )) s on $card")
 grep -E "spill|bytes stack frame" "$out/build.log" | sort | uniq -c >"$out/ptxas_spills.log"
 if [ $build_rc -ne 0 ]; then tail -30 "$out/build.log"; printf '%s\n' "${summary[@]}"; exit 1; fi
 
-(cd build/device && timeout 300 ctest -j4 --timeout 120 --output-on-failure >"$out/ctest.log" 2>&1)
+(cd build/device && timeout 420 ctest -j8 --timeout 300 --output-on-failure >"$out/ctest.log" 2>&1)
 summary+=("ctest: $(grep -E 'tests passed|tests failed' "$out/ctest.log")")
 
-small='GroupedGemmUpProj.EdgeExpertSizesTailsBias:GroupedGemmDownProj.EdgeExpertSizesTailsBias:GroupedGemmUpProjInputGrad.EdgeExpertSizesTails:GroupedGemmDownProjActGrad.EdgeExpertSizesAndTails:GroupedGemmDownProjWeightGrad.EdgeExpertSizesAndTails:GroupedGemmUpProjWeightGrad.EdgeExpertSizesAndTails'
+small='GroupedGemmUpProj.EdgeExpertSizesTailsBias:GroupedGemmDownProj.EdgeExpertSizesTailsBias:GroupedGemmUpProjInputGrad.EdgeExpertSizesTails:GroupedGemmDownProjActGrad.EdgeExpertSizesAndTails:GroupedGemmDownProjWeightGrad.EdgeExpertSizesAndTails:GroupedGemmUpProjWeightGrad.EdgeExpertSizesAndTails:MoeLayerGPU.TopKBiasHiddenNotTileMultiple:MoeLayerGPU.GeneralRoutingBias:MoeLayerTokenRoundingGPU.*/1'
 for tool in memcheck racecheck synccheck; do
   timeout 240 compute-sanitizer --tool $tool --error-exitcode 3 build/device/sonicmoe_tests --gtest_filter="$small" \
     >"$out/sanitizer_$tool.log" 2>&1
   summary+=("compute-sanitizer $tool rc=$? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$tool.log" | tail -1))")
 done
 
-timeout 400 build/device/gemm_bench --shapes "$shapes" --json "$out/gemm_bench.json" >"$out/gemm_bench.log" 2>&1
-summary+=("gemm_bench rc=$?")
-timeout 200 python3 bench/grouped_mm_baseline.py --shapes "$shapes" --json "$out/grouped_mm.json" >"$out/grouped_mm.log" 2>&1
-summary+=("grouped_mm baseline rc=$?")
-
-grep -vE '^\s+\.\.\.' "$out/gemm_bench.log"
+if [ "$layer_configs" != none ]; then
+  timeout 400 build/device/layer_bench --configs "$layer_configs" --json "$out/layer_bench.json" >"$out/layer_bench.log" 2>&1
+  summary+=("layer_bench rc=$?")
+  cat "$out/layer_bench.log"
+fi
+if [ "$shapes" != none ]; then
+  timeout 400 build/device/gemm_bench --shapes "$shapes" --json "$out/gemm_bench.json" >"$out/gemm_bench.log" 2>&1
+  summary+=("gemm_bench rc=$?")
+  timeout 200 python3 bench/grouped_mm_baseline.py --shapes "$shapes" --json "$out/grouped_mm.json" >"$out/grouped_mm.log" 2>&1
+  summary+=("grouped_mm baseline rc=$?")
+  grep -vE '^\s+\.\.\.' "$out/gemm_bench.log"
+fi
 printf '%s\n' "${summary[@]}"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone: set-up, release build, then sonicmoe_main with any flags
 # given here (--help lists them): the CPU reference on a small layer, then, on an sm_90 GPU, the
-# grouped-GEMM benchmark (the GPU layer benchmark replaces it once the layer exists).
+# layer benchmark at the 12 configurations of DESIGN.md §5 (bench/layer_bench.cu; results JSON
+# in build/<preset>/layer_bench.json). LAYER_CONFIGS=0,3 picks a subset.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -13,13 +14,13 @@ fi
 start=$(date +%s)
 cmake --preset "$preset" >/dev/null
 targets=(sonicmoe_main)
-[ "$preset" != host ] && targets+=(gemm_bench)
+[ "$preset" != host ] && targets+=(layer_bench)
 cmake --build --preset "$preset" --target "${targets[@]}" >&2
 echo "run.sh: build ($preset preset) took $(( $(date +%s) - start )) s" >&2
 "build/$preset/sonicmoe_main" "$@"
-# Until the GPU layer exists (issue 4), a Hopper GPU runs the grouped-GEMM engine's benchmark at
-# the 7B shape; without one, gemm_bench says why and exits 0.
-if [ -x "build/$preset/gemm_bench" ]; then
+# On a Hopper GPU: the whole layer, forward and backward, with the cuBLAS bound and the paper's
+# numbers side by side. Without one, layer_bench says why and exits 0.
+if [ -x "build/$preset/layer_bench" ]; then
   echo
-  "build/$preset/gemm_bench" --shapes 0
+  "build/$preset/layer_bench" --configs "${LAYER_CONFIGS:-all}" --json "build/$preset/layer_bench.json"
 fi
