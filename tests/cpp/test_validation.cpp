@@ -194,5 +194,18 @@ TEST(BadInput, RoutingInputOnlyForGeneralRouting) {
                   "routing_input", "unless config.routing is general");
 }
 
+// An inference forward keeps nothing: a saved state passed with it would silently stay unfilled.
+TEST(BadInput, InferenceForwardTakesNoSavedState) {
+  Fixture f;
+  expect_rejected(f.forward_with([](ForwardParams& p) { p.inference = true; }), "saved", "must be empty");
+  // The CPU reference always fills the saved state, so it refuses inference mode outright.
+  const Status s = f.forward_with([](ForwardParams& p) {
+    p.inference = true;
+    p.saved = SavedState{};
+  });
+  EXPECT_EQ(s.code(), StatusCode::unsupported) << s.message();
+  EXPECT_EQ(s.argument(), "inference");
+}
+
 }  // namespace
 }  // namespace sonicmoe::testing
