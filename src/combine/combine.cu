@@ -24,6 +24,9 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kVec = 8;              // bf16 per 16-byte vector
 constexpr int kRowsInFlight = 8;     // rows loaded before accumulating: 8 x uint4 = 32 registers
 constexpr int kCombineThreads = 256;
+// 4 blocks of 256 threads per SM caps registers at 64 (no spills; 80 without the cap): 1024
+// threads x 128 bytes in flight = 128 KiB per SM, ~3x what H200 bandwidth x latency needs.
+constexpr int kCombineMinBlocks = 4;
 constexpr int kScoreGradThreads = 256;  // one warp per entry
 constexpr int kColumnThreads = 128;     // 1024 columns per block
 constexpr int kMaxGridY = 65535;
@@ -138,7 +141,7 @@ __device__ int warp_lower_bound(const int32_t* __restrict__ a, int lo, int hi, i
 }
 
 // ---- combine_rows --------------------------------------------------------------------------------
-__global__ void __launch_bounds__(kCombineThreads)
+__global__ void __launch_bounds__(kCombineThreads, kCombineMinBlocks)
     combine_rows_kernel(const CombineRowsParams p, int threads_per_token) {
   const int tokens_per_block = blockDim.x / threads_per_token;
   const int64_t t = int64_t(blockIdx.x) * tokens_per_block + threadIdx.x / threads_per_token;
@@ -162,20 +165,32 @@ __global__ void __launch_bounds__(kCombineThreads)
   const uint4* rows = reinterpret_cast<const uint4*>(p.rows);
   uint4* out = reinterpret_cast<uint4*>(p.out) + t * vectors;
   const int64_t last_row = p.capacity - 1;
+  // (row, weight) of entry first + k0 + lane, for the lanes below the batch size.
+  auto load_entry = [&](int64_t k0, int n, int& row, float& weight) {
+    row = 0;
+    weight = 1.0f;
+    if (lane < n) {
+      const int64_t i = first + k0 + lane;
+      row = int(clamp64(p.reverse_idx[i], 0, last_row));
+      if (p.scores) weight = p.scores[i];
+    }
+  };
+  // The first 32 entries (all of them for top-K) are loaded once for every column vector.
+  const int n0 = int(count < 32 ? count : 32);
+  int row0;
+  float weight0;
+  load_entry(0, n0, row0, weight0);
   for (int64_t v0 = 0; v0 < vectors; v0 += threads_per_token) {  // warp-uniform trip count
     const int64_t v = v0 + g;
     const bool active = v < vectors;
     float acc[kVec] = {};
-    for (int64_t k0 = 0; k0 < count; k0 += 32) {
+    accumulate_rows(acc, rows, vectors, v, active, n0, row0, weight0);
+    for (int64_t k0 = 32; k0 < count; k0 += 32) {
       const int n = int(count - k0 < 32 ? count - k0 : 32);
-      int my_row = 0;
-      float my_weight = 1.0f;
-      if (lane < n) {
-        const int64_t i = first + k0 + lane;
-        my_row = int(clamp64(p.reverse_idx[i], 0, last_row));
-        if (p.scores) my_weight = p.scores[i];
-      }
-      accumulate_rows(acc, rows, vectors, v, active, n, my_row, my_weight);
+      int row;
+      float weight;
+      load_entry(k0, n, row, weight);
+      accumulate_rows(acc, rows, vectors, v, active, n, row, weight);
     }
     if (active) out[v] = pack_bf16x8(acc);
   }

@@ -3,14 +3,15 @@
 // general routing list. Sits between the router (top-K or token rounding) and the grouped GEMMs,
 // which read expert_offsets, gather_idx, scatter_idx and reverse_idx.
 //
-// Metadata in three stream-ordered kernels, no host synchronisation, no atomics on the result:
-//   1. histogram  one block per chunk of entries: per-expert counts of the chunk -> workspace,
-//                 stored expert-major [E][chunks] so that step 2 reads each expert contiguously;
-//   2. offsets    one block: per expert an exclusive scan over chunks (in place), then an
-//                 exclusive scan over the experts' totals -> expert_offsets[0..E];
-//   3. indices    one block per chunk: each entry's rank among the earlier entries of its expert
-//                 in the chunk (warp match_any inside a warp, warps taken in order through shared
-//                 per-expert counters) -> row; writes gather/scatter/reverse.
+// Metadata in four stream-ordered kernels, no host synchronisation, no atomics on the result:
+//   1. histogram    one block per chunk of entries: per-expert counts of the chunk -> workspace,
+//                   stored expert-major [E][chunks] so that step 2 reads each expert contiguously;
+//   2. chunk scan   one warp per expert: exclusive scan over the chunks (in place) and the
+//                   expert's total;
+//   3. offsets      one block: exclusive scan of the totals -> expert_offsets[0..E];
+//   4. indices      one block per chunk: each entry's rank among the earlier entries of its expert
+//                   in the chunk (warp match_any inside a warp, warps taken in order through
+//                   shared per-expert counters) -> row; writes gather/scatter/reverse.
 // The grouped order is by expert, then flat index: exactly reference::build_routing_metadata.
 // Grids are sized from the host-known capacity; blocks whose chunk starts past the device length
 // exit. Expert and token ids outside their ranges are clamped into range, so a corrupt list gives
@@ -30,16 +31,21 @@ namespace {
 using detail::concat;
 
 constexpr unsigned kFullMask = 0xffffffffu;
-// Shared per-expert counters of kernels 1 and 3 (4 bytes each) and the totals of kernel 2 stay
-// within the 48 KiB of shared memory available without an opt-in: 8192 * 4 = 32 KiB.
+// Shared per-expert counters of kernels 1 and 4 (4 bytes each) stay within the 48 KiB of shared
+// memory available without an opt-in: 8192 * 4 = 32 KiB.
 constexpr int64_t kMaxExperts = 8192;
 // Entries per chunk: 2048 keeps ~130 blocks busy for T*K = 256K while the workspace stays at
-// E * chunks ints. Past kMaxChunks chunks the chunk size doubles, so the workspace is bounded by
-// kMaxChunks * E * 4 bytes (32 MiB at E = 8192) and the scan of kernel 2 by 8 steps per expert.
+// (chunks + 1) * E ints. Past kMaxChunks chunks the chunk size doubles, so the workspace is bounded
+// by (kMaxChunks + 1) * E * 4 bytes (32 MiB at E = 8192) and the scan of kernel 2 by 8 steps per
+// expert.
 constexpr int64_t kBaseChunk = 2048;
 constexpr int64_t kMaxChunks = 1024;
-constexpr int kChunkThreads = 256;  // kernels 1 and 3: 8 warps, 8 ordered rounds per tile
-constexpr int kScanThreads = 1024;  // kernel 2
+constexpr int kChunkThreads = 256;  // kernels 1, 2 and 4: 8 warps, 8 ordered rounds per tile
+constexpr int kTilesPerGroup = 8;   // entries a thread loads at once in kernels 1 and 4
+constexpr int64_t kGroupEntries = int64_t(kTilesPerGroup) * kChunkThreads;  // 2048
+static_assert(kBaseChunk % kGroupEntries == 0, "chunks are whole groups");
+constexpr int kScanThreads = 1024;  // kernel 3: 32 warps, one warp sum per lane of warp 0
+static_assert(kMaxExperts <= 8 * kScanThreads, "kernel 3 comment: at most 8 experts per thread");
 constexpr int kCheckThreads = 256;
 
 int64_t chunk_entries(int64_t capacity) {
@@ -92,6 +98,8 @@ __device__ __forceinline__ int warp_inclusive_scan(int v, int lane) {
 }
 
 // ---- kernel 1: per-chunk histogram ------------------------------------------------------------
+// A thread loads its kTilesPerGroup entries of a 2048-entry group at once (all loads in flight),
+// then the warps count them.
 __global__ void __launch_bounds__(kChunkThreads)
     expert_histogram_kernel(const int32_t* __restrict__ expert_idx, const int64_t* device_num_routed,
                             int64_t capacity, int64_t chunk_size, int num_chunks, int num_experts,
@@ -99,87 +107,94 @@ __global__ void __launch_bounds__(kChunkThreads)
   extern __shared__ int32_t hist[];  // [num_experts]
   const int64_t length = list_length(device_num_routed, capacity);
   const int64_t begin = int64_t(blockIdx.x) * chunk_size;
-  if (begin >= length) return;  // the offsets kernel scans only chunks below the length
+  if (begin >= length) return;  // the scans read only chunks below the length
   const int64_t end = begin + chunk_size < length ? begin + chunk_size : length;
   const int lane = threadIdx.x & 31;
-  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) hist[e] = 0;
+  for (int e = threadIdx.x; e < num_experts; e += kChunkThreads) hist[e] = 0;
   __syncthreads();
-  for (int64_t base = begin; base < end; base += blockDim.x) {  // block-uniform trip count
-    const int64_t i = base + threadIdx.x;
-    const bool valid = i < end;
-    const int e = valid ? clamp_index(expert_idx[i], num_experts) : -1;
-    // One shared atomic per expert and warp: a list with every entry on one expert would
-    // otherwise serialise 32 atomics on one address per warp.
-    const unsigned peers = __match_any_sync(kFullMask, e);
-    if (valid && lane == __ffs(peers) - 1) atomicAdd(&hist[e], __popc(peers));
+  for (int64_t base = begin; base < end; base += kGroupEntries) {  // block-uniform trip count
+    int e[kTilesPerGroup];
+#pragma unroll
+    for (int j = 0; j < kTilesPerGroup; ++j) {
+      const int64_t i = base + j * kChunkThreads + threadIdx.x;
+      e[j] = i < end ? clamp_index(expert_idx[i], num_experts) : -1;
+    }
+#pragma unroll
+    for (int j = 0; j < kTilesPerGroup; ++j) {
+      // One shared atomic per expert and warp: a list with every entry on one expert would
+      // otherwise serialise 32 atomics on one address per warp.
+      const unsigned peers = __match_any_sync(kFullMask, e[j]);
+      if (e[j] >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[e[j]], __popc(peers));
+    }
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < num_experts; e += blockDim.x)
+  for (int e = threadIdx.x; e < num_experts; e += kChunkThreads)
     counts[int64_t(e) * num_chunks + blockIdx.x] = hist[e];
 }
 
-// ---- kernel 2: scans -> expert_offsets and per-(expert, chunk) starts ---------------------------
-__global__ void __launch_bounds__(kScanThreads)
-    expert_offsets_kernel(const int64_t* device_num_routed, int64_t capacity, int64_t chunk_size, int num_chunks,
-                          int num_experts, int32_t* __restrict__ counts, int32_t* __restrict__ expert_offsets) {
-  extern __shared__ int32_t totals[];  // [num_experts]
-  __shared__ int32_t warp_sums[kScanThreads / 32];
+// ---- kernel 2: per expert, an exclusive scan over the chunks ------------------------------------
+// One warp per expert (counts are expert-major, so a warp reads 128 contiguous chunks per step,
+// at most kMaxChunks / 128 = 8 steps). In place: counts[e][c] becomes the number of entries of
+// expert e in chunks before c. totals[e] = the expert's count.
+__global__ void __launch_bounds__(kChunkThreads)
+    chunk_scan_kernel(const int64_t* device_num_routed, int64_t capacity, int64_t chunk_size, int num_chunks,
+                      int num_experts, int32_t* __restrict__ counts, int32_t* __restrict__ totals) {
+  const int lane = threadIdx.x & 31;
+  const int e = int(blockIdx.x) * (kChunkThreads / 32) + (threadIdx.x >> 5);
+  if (e >= num_experts) return;  // whole warps
   const int64_t length = list_length(device_num_routed, capacity);
   const int active = int((length + chunk_size - 1) / chunk_size);  // chunks holding entries
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, num_warps = blockDim.x >> 5;
-
-  // Per expert, a warp turns its chunk counts into exclusive starts relative to the expert,
-  // 128 chunks (4 per lane) per step.
-  for (int e = warp; e < num_experts; e += num_warps) {
-    int32_t* row = counts + int64_t(e) * num_chunks;
-    int32_t carry = 0;
-    for (int c0 = 0; c0 < active; c0 += 128) {
-      int32_t v[4];
+  int32_t* row = counts + int64_t(e) * num_chunks;
+  int32_t carry = 0;
+  for (int c0 = 0; c0 < active; c0 += 128) {
+    int32_t v[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int c = c0 + lane * 4 + j;
-        v[j] = c < active ? row[c] : 0;
-      }
-      const int32_t lane_sum = v[0] + v[1] + v[2] + v[3];
-      const int32_t inclusive = warp_inclusive_scan(lane_sum, lane);
-      int32_t run = carry + inclusive - lane_sum;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int c = c0 + lane * 4 + j;
-        if (c < active) row[c] = run;
-        run += v[j];
-      }
-      carry += __shfl_sync(kFullMask, inclusive, 31);
+    for (int j = 0; j < 4; ++j) {
+      const int c = c0 + lane * 4 + j;
+      v[j] = c < active ? row[c] : 0;
     }
-    if (lane == 0) totals[e] = carry;
+    const int32_t lane_sum = v[0] + v[1] + v[2] + v[3];
+    const int32_t inclusive = warp_inclusive_scan(lane_sum, lane);
+    int32_t run = carry + inclusive - lane_sum;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int c = c0 + lane * 4 + j;
+      if (c < active) row[c] = run;
+      run += v[j];
+    }
+    carry += __shfl_sync(kFullMask, inclusive, 31);
   }
-  __syncthreads();
+  if (lane == 0) totals[e] = carry;
+}
 
-  // Exclusive scan of the totals: each thread a contiguous run of experts.
-  const int per_thread = (num_experts + blockDim.x - 1) / blockDim.x;
+// ---- kernel 3: exclusive scan of the experts' totals -> expert_offsets[0..E] --------------------
+// One block; each thread a contiguous run of at most kMaxExperts / kScanThreads = 8 experts.
+// totals == nullptr: an empty capacity, every count is 0.
+__global__ void __launch_bounds__(kScanThreads)
+    expert_offsets_kernel(const int32_t* __restrict__ totals, int num_experts, int32_t* __restrict__ expert_offsets) {
+  __shared__ int32_t warp_sums[kScanThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int per_thread = (num_experts + kScanThreads - 1) / kScanThreads;
   const int first = threadIdx.x * per_thread;
   int32_t local = 0;
-  for (int k = 0; k < per_thread; ++k)
-    if (first + k < num_experts) local += totals[first + k];
+  if (totals)
+    for (int k = 0; k < per_thread; ++k)
+      if (first + k < num_experts) local += totals[first + k];
   const int32_t inclusive = warp_inclusive_scan(local, lane);
   if (lane == 31) warp_sums[warp] = inclusive;
   __syncthreads();
-  if (warp == 0) {
-    const int32_t s = lane < num_warps ? warp_sums[lane] : 0;
-    const int32_t scanned = warp_inclusive_scan(s, lane);  // the shuffles order reads before writes
-    if (lane < num_warps) warp_sums[lane] = scanned;
-  }
+  if (warp == 0) warp_sums[lane] = warp_inclusive_scan(warp_sums[lane], lane);  // 32 warps: one per lane
   __syncthreads();
   int32_t run = (warp > 0 ? warp_sums[warp - 1] : 0) + inclusive - local;
   for (int k = 0; k < per_thread; ++k)
     if (first + k < num_experts) {
       expert_offsets[first + k] = run;
-      run += totals[first + k];
+      if (totals) run += totals[first + k];
     }
-  if (threadIdx.x == 0) expert_offsets[num_experts] = warp_sums[num_warps - 1];
+  if (threadIdx.x == 0) expert_offsets[num_experts] = warp_sums[kScanThreads / 32 - 1];
 }
 
-// ---- kernel 3: ranks -> gather / scatter / reverse ----------------------------------------------
+// ---- kernel 4: ranks -> gather / scatter / reverse ----------------------------------------------
 __global__ void __launch_bounds__(kChunkThreads)
     grouped_indices_kernel(const int32_t* __restrict__ token_idx, const int32_t* __restrict__ expert_idx,
                            const int64_t* device_num_routed, int64_t capacity, int64_t chunk_size, int num_chunks,
@@ -191,35 +206,44 @@ __global__ void __launch_bounds__(kChunkThreads)
   const int64_t begin = int64_t(blockIdx.x) * chunk_size;
   if (begin >= length) return;
   const int64_t end = begin + chunk_size < length ? begin + chunk_size : length;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, num_warps = blockDim.x >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const unsigned lanes_below = (1u << lane) - 1u;
-  for (int e = threadIdx.x; e < num_experts; e += blockDim.x)
+  for (int e = threadIdx.x; e < num_experts; e += kChunkThreads)
     next_row[e] = expert_offsets[e] + chunk_starts[int64_t(e) * num_chunks + blockIdx.x];
   __syncthreads();
 
-  for (int64_t base = begin; base < end; base += blockDim.x) {  // block-uniform trip count
-    const int64_t i = base + threadIdx.x;
-    const bool valid = i < end;
-    const int e = valid ? clamp_index(expert_idx[i], num_experts) : -1;
-    const int t = valid ? clamp_index(token_idx[i], num_tokens) : 0;
-    const unsigned peers = __match_any_sync(kFullMask, e);
-    const int leader = __ffs(peers) - 1;
-    // Warps claim rows in warp order, one round each: the leader of each expert group takes
-    // popc(peers) rows. Entries of a warp are in flat order, so ranks follow the flat index.
-    int32_t first_row = 0;
-    for (int w = 0; w < num_warps; ++w) {
-      if (w == warp && valid && lane == leader) {
-        first_row = next_row[e];
-        next_row[e] = first_row + __popc(peers);
-      }
-      __syncthreads();
+  for (int64_t base = begin; base < end; base += kGroupEntries) {  // block-uniform trip count
+    int e[kTilesPerGroup], t[kTilesPerGroup];
+#pragma unroll
+    for (int j = 0; j < kTilesPerGroup; ++j) {
+      const int64_t i = base + j * kChunkThreads + threadIdx.x;
+      e[j] = i < end ? clamp_index(expert_idx[i], num_experts) : -1;
+      t[j] = i < end ? clamp_index(token_idx[i], num_tokens) : 0;
     }
-    first_row = __shfl_sync(kFullMask, first_row, leader);
-    if (valid) {
-      const int32_t row = first_row + __popc(peers & lanes_below);
-      gather_idx[row] = t;
-      scatter_idx[row] = int32_t(i);
-      reverse_idx[i] = row;
+#pragma unroll
+    for (int j = 0; j < kTilesPerGroup; ++j) {
+      const int64_t i = base + j * kChunkThreads + threadIdx.x;
+      const bool valid = e[j] >= 0;
+      const unsigned peers = __match_any_sync(kFullMask, e[j]);
+      const int leader = __ffs(peers) - 1;
+      // Warps claim rows in warp order, one round each: the leader of each expert group takes
+      // popc(peers) rows. Lanes of a warp hold consecutive entries, tiles and warps are taken in
+      // flat order, so ranks follow the flat index.
+      int32_t first_row = 0;
+      for (int w = 0; w < kChunkThreads / 32; ++w) {
+        if (w == warp && valid && lane == leader) {
+          first_row = next_row[e[j]];
+          next_row[e[j]] = first_row + __popc(peers);
+        }
+        __syncthreads();
+      }
+      first_row = __shfl_sync(kFullMask, first_row, leader);
+      if (valid) {
+        const int32_t row = first_row + __popc(peers & lanes_below);
+        gather_idx[row] = t[j];
+        scatter_idx[row] = int32_t(i);
+        reverse_idx[i] = row;
+      }
     }
   }
 }
@@ -282,7 +306,8 @@ __global__ void check_routing_list_finalize_kernel(RoutingListCheck* result) {
 
 int64_t routing_metadata_workspace_bytes(int64_t capacity, int64_t num_experts) {
   if (capacity <= 0 || num_experts <= 0) return 0;
-  return chunk_count(capacity) * num_experts * int64_t(sizeof(int32_t));
+  // Chunk counts/starts [E][chunks], then the experts' totals [E].
+  return (chunk_count(capacity) + 1) * num_experts * int64_t(sizeof(int32_t));
 }
 
 Status build_routing_metadata(const RoutingMetadataParams& params, const int64_t* device_num_routed, void* workspace,
@@ -315,14 +340,18 @@ Status build_routing_metadata(const RoutingMetadataParams& params, const int64_t
   const int64_t chunk_size = chunk_entries(capacity);
   const size_t expert_smem = size_t(num_experts) * sizeof(int32_t);
   int32_t* counts = static_cast<int32_t*>(workspace);
+  int32_t* totals = num_chunks > 0 ? counts + int64_t(num_chunks) * num_experts : nullptr;
 
   if (num_chunks > 0) {
     expert_histogram_kernel<<<num_chunks, kChunkThreads, expert_smem, stream>>>(
         list.expert_idx, device_num_routed, capacity, chunk_size, num_chunks, num_experts, counts);
     SONICMOE_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "expert_histogram_kernel launch"));
+    const int scan_blocks = (num_experts + kChunkThreads / 32 - 1) / (kChunkThreads / 32);
+    chunk_scan_kernel<<<scan_blocks, kChunkThreads, 0, stream>>>(device_num_routed, capacity, chunk_size, num_chunks,
+                                                                 num_experts, counts, totals);
+    SONICMOE_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "chunk_scan_kernel launch"));
   }
-  expert_offsets_kernel<<<1, kScanThreads, expert_smem, stream>>>(device_num_routed, capacity, chunk_size, num_chunks,
-                                                                   num_experts, counts, meta.expert_offsets);
+  expert_offsets_kernel<<<1, kScanThreads, 0, stream>>>(totals, num_experts, meta.expert_offsets);
   SONICMOE_RETURN_IF_ERROR(cuda_status(cudaGetLastError(), "expert_offsets_kernel launch"));
   if (num_chunks > 0) {
     grouped_indices_kernel<<<num_chunks, kChunkThreads, expert_smem, stream>>>(
