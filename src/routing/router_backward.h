@@ -26,15 +26,19 @@ struct RouterBackwardParams {
   int64_t num_experts = 0;  // E
   int64_t top_k = 0;        // K of the router
   RoutingKind kind = RoutingKind::top_k;  // top_k or token_rounding
-  int64_t capacity = 0;     // length of the flat arrays below
-  const int32_t* num_routed = nullptr;   // device scalar: the list's length (expert_offsets + E)
-  const int32_t* token_idx = nullptr;    // [capacity] flat order (sorted by token)
+  int64_t capacity = 0;     // length of the flat arrays below (top_k: >= T*K)
+  const int32_t* num_routed = nullptr;   // device scalar: the list's length (expert_offsets + E);
+                                         //   token_rounding only (clamped to [0, capacity])
+  const int32_t* token_idx = nullptr;    // [capacity] flat order (sorted by token); token_rounding
+                                         //   only (top_k entries are t*K + k)
   const int32_t* expert_idx = nullptr;   // [capacity]
-  const float* scores = nullptr;         // [capacity] the forward's scores
+  const float* scores = nullptr;         // [capacity] the forward's scores; top_k only
   const float* grad_scores = nullptr;    // [capacity] dS
   const float* logits = nullptr;         // [T, E] fp32, token_rounding only (recomputed x·Wrᵀ)
   bfloat16* grad_logits = nullptr;       // [T, E] out, every element written
 };
+// Limits: top_k <= 32; token_rounding also num_experts <= 1024 (one warp holds a row of logits).
+// Host checks return invalid_argument naming the field; kind == general is refused.
 
 Status router_backward(const RouterBackwardParams& params, cudaStream_t stream);
 
