@@ -246,7 +246,7 @@ void check_column_sums(const std::vector<int>& counts, int64_t tokens, int64_t c
   SCOPED_TRACE(::testing::Message() << "seed " << seed << " cols=" << cols << " gather_and_scale=" << gather_and_scale);
   std::mt19937_64 rng(seed);
   const Ragged g(counts, tokens, rng);
-  const int64_t TK = g.rows(), E = g.experts(), src_rows = gather_and_scale ? tokens : TK;
+  const int64_t TK = g.rows(), E = g.experts(), src_rows = gather_and_scale ? tokens : std::max<int64_t>(TK, 1);
   const auto src = random_bf16(size_t(src_rows * cols), 1.0, rng);
   std::vector<float> scale(static_cast<size_t>(TK));
   std::uniform_real_distribution<float> uniform(0.05f, 1.0f);
