@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(kCombineThreads, kCombineMinBlocks)
       if (p.scores) weight = p.scores[i];
     }
   };
-  // The first 32 entries (all of them for top-K) are loaded once for every column vector.
+  // The first 32 entries (all of a top-K token for K <= 32) are loaded once for every column vector.
   const int n0 = int(count < 32 ? count : 32);
   int row0;
   float weight0;
