@@ -10,7 +10,7 @@
 // Inputs: x ~ N(0,1), weights ~ N(0, 1/fan_in), the router decides (top-K). Median of CUDA-event
 // timings after warm-up. One progress line per configuration, a table at the end, a JSON file.
 //
-//   layer_bench [--configs all|0,3,7] [--reps 20] [--no-rounding] [--json FILE]
+//   layer_bench [--configs all|none|0,3,7] [--reps 20] [--no-rounding] [--json FILE]
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -199,6 +199,7 @@ LayerResult run_layer(const Config& c, RoutingKind routing, int reps, cublasHand
 
 std::vector<int> parse_list(const char* s, int count) {
   std::vector<int> v;
+  if (!std::strcmp(s, "none")) return v;
   if (!std::strcmp(s, "all")) {
     for (int i = 0; i < count; ++i) v.push_back(i);
     return v;
@@ -229,7 +230,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--no-rounding")) rounding = false;
     else {
-      std::fprintf(stderr, "usage: layer_bench [--configs all|0,3,7] [--reps N] [--no-rounding] [--json FILE]\n");
+      std::fprintf(stderr, "usage: layer_bench [--configs all|none|0,3,7] [--reps N] [--no-rounding] [--json FILE]\n");
       return 2;
     }
   }
