@@ -37,6 +37,8 @@ struct ScoreGradParams {
   int64_t capacity = 0;
   int64_t partial_cols = 0;              // down_proj_act_grad_partial_cols(n)
   int64_t hidden = 0;                    // d (bias term only)
+  int64_t num_tokens = 0;                // T (bias term only: bounds of token_idx)
+  int64_t num_experts = 0;               // E (bias term only: bounds of expert_idx)
   const int32_t* num_routed = nullptr;   // device scalar
   const float* partial = nullptr;        // [capacity, partial_cols] flat order
   const int32_t* token_idx = nullptr;    // [capacity] (bias term only)

@@ -317,6 +317,8 @@ Status moe_backward(const BackwardParams& p, void* workspace, int64_t workspace_
   SONICMOE_RETURN_IF_ERROR(combine::finish_score_grad({.capacity = capacity,
                                                        .partial_cols = down_proj_act_grad_partial_cols(s.intermediate),
                                                        .hidden = s.hidden,
+                                                       .num_tokens = s.num_tokens,
+                                                       .num_experts = s.num_experts,
                                                        .num_routed = num_routed,
                                                        .partial = w.ds_partial,
                                                        .token_idx = saved.token_idx,

@@ -202,7 +202,8 @@ void check_score_grad(int64_t capacity, int64_t length, int64_t cols, bool bias)
   DeviceBuffer<float> d_partial(partial), d_grad(static_cast<size_t>(capacity));
   DeviceBuffer<int32_t> d_token(token), d_expert(expert), d_length(std::vector<int32_t>{int32_t(length)});
   DeviceBuffer<bfloat16> d_grad_out(grad_out), d_b2(b2);
-  const ScoreGradParams p{.capacity = capacity, .partial_cols = cols, .hidden = d, .num_routed = d_length.get(),
+  const ScoreGradParams p{.capacity = capacity, .partial_cols = cols, .hidden = d, .num_tokens = T, .num_experts = E,
+                          .num_routed = d_length.get(),
                           .partial = d_partial.get(), .token_idx = d_token.get(), .expert_idx = d_expert.get(),
                           .grad_out = d_grad_out.get(), .b2 = bias ? d_b2.get() : nullptr,
                           .grad_scores = d_grad.get()};
@@ -347,7 +348,7 @@ TEST(CombineValidation, RejectsBadArguments) {
   r.out = nullptr;
   EXPECT_EQ(arg(r), "out");
 
-  const ScoreGradParams sg{.capacity = 8, .partial_cols = 2, .hidden = 16, .num_routed = idx, .partial = fbuf,
+  const ScoreGradParams sg{.capacity = 8, .partial_cols = 2, .hidden = 16, .num_tokens = 4, .num_experts = 4, .num_routed = idx, .partial = fbuf,
                            .token_idx = idx, .expert_idx = idx, .grad_out = buf, .b2 = buf, .grad_scores = fbuf};
   auto sg_arg = [](const ScoreGradParams& p) { return combine::finish_score_grad(p, nullptr).argument(); };
   auto s = sg;
