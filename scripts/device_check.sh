@@ -54,4 +54,6 @@ if [ "$shapes" != none ]; then
   summary+=("grouped_mm baseline rc=$?")
   grep -vE '^\s+\.\.\.' "$out/gemm_bench.log"
 fi
+# The device tool returns at most a few files: everything also goes into one archive.
+tar czf "$out/logs.tgz" -C "$out" --exclude logs.tgz . 2>/dev/null
 printf '%s\n' "${summary[@]}"
