@@ -33,13 +33,16 @@ summary+=("ctest: $(grep -E 'tests passed|tests failed' "$out/ctest.log")")
 
 small='GroupedGemmUpProj.EdgeExpertSizesTailsBias:GroupedGemmDownProj.EdgeExpertSizesTailsBias:GroupedGemmUpProjInputGrad.EdgeExpertSizesTails:GroupedGemmDownProjActGrad.EdgeExpertSizesAndTails:GroupedGemmDownProjWeightGrad.EdgeExpertSizesAndTails:GroupedGemmUpProjWeightGrad.EdgeExpertSizesAndTails:MoeLayerGPU.TopKBiasHiddenNotTileMultiple:MoeLayerGPU.GeneralRoutingBias:MoeLayerTokenRoundingGPU.*/1'
 for tool in memcheck racecheck synccheck; do
-  # racecheck skips cuBLAS's own kernels (nvjet*): its split-K router GEMM reports shared-memory
-  # hazards inside cuBLAS that we can neither inspect nor fix; our kernels are all checked.
-  filter=()
-  [ $tool = racecheck ] && filter=(--kernel-name-exclude kns=nvjet)
-  timeout 240 compute-sanitizer --tool $tool "${filter[@]}" --error-exitcode 3 build/device/sonicmoe_tests --gtest_filter="$small" \
+  timeout 240 compute-sanitizer --tool $tool --error-exitcode 3 build/device/sonicmoe_tests --gtest_filter="$small" \
     >"$out/sanitizer_$tool.log" 2>&1
   summary+=("compute-sanitizer $tool rc=$? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$tool.log" | tail -1))")
+  if [ $tool = racecheck ]; then
+    # cuBLAS's split-K kernels (nvjet*, the router GEMMs) report shared-memory hazards inside
+    # cuBLAS that we can neither inspect nor fix (excluding them with --kernel-name-exclude makes
+    # the sanitizer fail on them instead). What counts is every hazard in any other kernel.
+    ours=$(grep -E "Race reported" "$out/sanitizer_$tool.log" | grep -vcE "nvjet|cublas")
+    summary+=("racecheck hazards outside cuBLAS kernels: $ours")
+  fi
 done
 
 if [ "$layer_configs" != none ]; then
