@@ -37,22 +37,6 @@ struct EpilogueDSwiGLU {
   __device__ static void prefetch(Params const&) {}
   __device__ static void finish(int) {}
 
-  // The producer starts a tile about one tile ahead of this epilogue: each of its 128 threads
-  // asks L2 for one row of the tile's H slice (bulk prefetch, no registers, no completion to
-  // wait for), so the epilogue's H loads hit L2 instead of DRAM. Measured before: the epilogue's
-  // DRAM round trips left dH at 210 TFLOPS against ~500 for the same mainloop without them.
-  template <class Work>
-  __device__ static void prefetch_tile(Params const& p, Work const& work, int producer_thread) {
-    constexpr int kTileM = 128, kTileN = 256;  // DownProjActGradTile (static_assert in the launcher)
-    const int row = work.m_block * kTileM + producer_thread;
-    const int64_t col = int64_t(work.n_block) * kTileN;
-    if (producer_thread >= kTileM || row >= work.rows || col >= p.n) return;
-    const int64_t cols = p.n - col < kTileN ? p.n - col : kTileN;
-    const __nv_bfloat16* src = p.h + (int64_t(work.row_start) + row) * 2 * p.n + 2 * col;
-    const uint32_t bytes = uint32_t(cols * 2 * sizeof(__nv_bfloat16));  // a multiple of 32: n % 8 == 0
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
-  }
-
   template <int kTileM, int kTileN, class Accum, class Coords>
   __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
                                int n_total, SharedStorage&, int /*consumer_thread*/) {

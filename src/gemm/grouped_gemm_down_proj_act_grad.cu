@@ -45,7 +45,6 @@ Status grouped_gemm_down_proj_act_grad(const DownProjActGradParams& p, cudaStrea
   SONICMOE_RETURN_IF_ERROR(validate(p));
   using Mainloop = gemm::MainloopSm90TmaGather<Cfg, cute::GMMA::Major::MN>;
   using Epilogue = gemm::EpilogueDSwiGLU;
-  static_assert(Cfg::kTileM == 128 && Cfg::kTileN == 256, "EpilogueDSwiGLU::prefetch_tile assumes 128x256 tiles");
   using Element = typename Mainloop::Element;
   const int n_total = int(p.intermediate);
   const int k = int(p.hidden);

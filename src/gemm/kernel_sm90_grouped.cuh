@@ -13,31 +13,19 @@
 //
 // The Epilogue policy (EpilogueStore[Tma], EpilogueSwiGLU[Tma], ...) provides
 //   Params, SharedStorage (may be empty), prefetch(params), finish(consumer_thread),
-//   apply<kTileM, kTileN>(params, accum, coords, work, n_total, shared_storage, consumer_thread),
-//   optionally prefetch_tile(params, work, producer_thread) (run by the producer warpgroup when
-//   it starts a tile), and optionally init_accumulators<kTileN>(params, accum, coords, work, n_total), which writes
+//   apply<kTileM, kTileN>(params, accum, coords, work, n_total, shared_storage, consumer_thread)
+//   and optionally init_accumulators<kTileN>(params, accum, coords, work, n_total), which writes
 //   the tile's starting accumulator values (its bias, or zero) before the k-loop; without it the
 //   accumulators start at zero. `coords` gives each accumulator's (row, col) inside the tile.
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <type_traits>
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "gemm/mainloop_sm90_tma_gather.cuh"
 #include "gemm/scheduler_grouped.cuh"
 
 namespace sonicmoe::gemm {
-
-template <class Epilogue, class Work>
-concept HasPrefetchTile = requires(typename Epilogue::Params const& p, Work const& work, int thread) {
-  Epilogue::prefetch_tile(p, work, thread);
-};
-
-template <class Epilogue, class Work>
-__device__ void prefetch_tile_if_any(typename Epilogue::Params const& p, Work const& work, int thread) {
-  if constexpr (HasPrefetchTile<Epilogue, Work>) Epilogue::prefetch_tile(p, work, thread);
-}
 
 template <class Mainloop, class Epilogue>
 struct GroupedKernelParams {
@@ -81,12 +69,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegisters>();
-    // An epilogue that reads tensors (dSwiGLU reads H) asks the producer, which runs a tile
-    // ahead, to pull the tile's rows into L2 so its loads do not wait on DRAM.
-    const auto on_tile = [&](auto const& work, int producer_thread) {
-      prefetch_tile_if_any<Epilogue>(params.epilogue, work, producer_thread);
-    };
-    Mainloop::produce(ml, ss, sched, uniform_k_tiles, on_tile);
+    Mainloop::produce(ml, ss, sched, uniform_k_tiles);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegisters>();
     typename Mainloop::TiledMma tiled_mma;

@@ -175,10 +175,7 @@ struct MainloopSm90CpAsyncVarlenK {
   }
 
   // The k-loop length is per expert here; the skeleton's uniform count is unused.
-  // on_tile: the epilogue's per-tile hook (unused by the weight-gradient epilogue).
-  template <class OnTile>
-  __device__ static void produce(Args const& args, SharedStorage& ss, Scheduler const& sched, int /*uniform*/,
-                                 OnTile const& on_tile) {
+  __device__ static void produce(Args const& args, SharedStorage& ss, Scheduler const& sched, int /*uniform*/) {
     using namespace cute;
     const int t = threadIdx.x % kProducerThreads;
     const int lane = t % 32;
@@ -199,7 +196,6 @@ struct MainloopSm90CpAsyncVarlenK {
     for (int tile = blockIdx.x;; tile += gridDim.x) {
       VarlenKWorkTile work;
       if (!sched.find(tile, work)) break;
-      on_tile(work, t);
       const int m0 = work.m_block * kTileM, n0 = work.n_block * kTileN;
       const int contig_block = kGatherLeft ? work.n_block : work.m_block;
       // The expert's rows start anywhere: offset the TMA coordinates to its first row.

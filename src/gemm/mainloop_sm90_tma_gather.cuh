@@ -129,11 +129,7 @@ struct MainloopSm90TmaGather {
   }
 
   // Producer warpgroup body: walks the same tiles as the consumers and fills the stages.
-  // on_tile(work, producer_thread) runs once per tile before its loads (the epilogue's L2
-  // prefetch of what it will read, see kernel_sm90_grouped.cuh).
-  template <class OnTile>
-  __device__ static void produce(Args const& args, SharedStorage& ss, Scheduler& sched, int k_tiles,
-                                 OnTile const& on_tile) {
+  __device__ static void produce(Args const& args, SharedStorage& ss, Scheduler& sched, int k_tiles) {
     using namespace cute;
     const int t = threadIdx.x % kProducerThreads;
     const int chunk = t % Cfg::kChunksPerRow;
@@ -159,7 +155,6 @@ struct MainloopSm90TmaGather {
     for (int tile = blockIdx.x;; tile += gridDim.x) {
       WorkTile work;
       if (!sched.find(tile, work)) break;
-      on_tile(work, t);
       const int m0 = work.m_block * kTileM;
       const int tile_rows = min(kTileM, work.rows - m0);
       const Element* src[Cfg::kPasses];
