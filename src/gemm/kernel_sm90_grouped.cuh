@@ -4,8 +4,11 @@
 // k-loop runs over the expert's rows for varlen K) x Epilogue (what happens to the fp32
 // accumulators).
 //
-// CTA = 1 producer warpgroup + Cfg::kConsumerWarpgroups consumer warpgroups (cooperative: the
-// consumers split one tile along M). setmaxnreg moves registers from the producer, which only
+// CTA = 1 producer warpgroup + Cfg::kConsumerWarpgroups consumer warpgroups: cooperative (the
+// consumers split one tile along M) or ping-pong (Cfg::kPingPong: each consumer warpgroup owns
+// whole tiles and the two take alternate tiles of the CTA's sequence, so one's epilogue overlaps
+// the other's mainloop; the producer fills the stages in tile order either way, and each
+// warpgroup steps its pipeline position over the stages of the tiles it skips). setmaxnreg moves registers from the producer, which only
 // computes addresses, to the consumers, which hold the accumulators. The grid is at most one
 // CTA per SM; each CTA walks tiles blockIdx.x, blockIdx.x + gridDim.x, ... The producer runs
 // ahead across tile boundaries (it only waits for free stages), so the next tile's loads overlap
@@ -20,6 +23,7 @@
 #pragma once
 
 #include <cute/tensor.hpp>
+#include <type_traits>
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "gemm/mainloop_sm90_tma_gather.cuh"
@@ -43,8 +47,15 @@ struct alignas(1024) GroupedKernelStorage {
 };
 
 template <class Cfg, class Mainloop, class Epilogue>
+constexpr bool epilogue_fits_schedule() {
+  // Ping-pong warpgroups run their epilogues at the same time: they cannot share one staging tile.
+  return !Cfg::kPingPong || std::is_empty_v<typename Epilogue::SharedStorage>;
+}
+
+template <class Cfg, class Mainloop, class Epilogue>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     grouped_gemm_sm90_kernel(const __grid_constant__ GroupedKernelParams<Mainloop, Epilogue> params) {
+  static_assert(epilogue_fits_schedule<Cfg, Mainloop, Epilogue>(), "ping-pong needs a register-store epilogue");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using namespace cute;
   extern __shared__ uint8_t smem_raw[];
@@ -73,16 +84,28 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegisters>();
     typename Mainloop::TiledMma tiled_mma;
-    const int consumer_thread = threadIdx.x - 128;
+    // The thread's index among the warpgroups sharing its tiles, and (ping-pong) which of the
+    // CTA's tiles are its own: the even ones for warpgroup 1, the odd ones for warpgroup 2.
+    const int consumer_thread = (threadIdx.x - 128) % (128 * Cfg::kMmaWarpgroups);
+    const int own_parity = Cfg::kPingPong ? (threadIdx.x - 128) / 128 : 0;
     auto thr_mma = tiled_mma.get_thread_slice(consumer_thread);
     Tensor accum = partition_fragment_C(tiled_mma, Shape<Int<Cfg::kTileM>, Int<Cfg::kTileN>>{});
     Tensor coords = thr_mma.partition_C(make_identity_tensor(Shape<Int<Cfg::kTileM>, Int<Cfg::kTileN>>{}));
     int stage = 0;
     uint32_t phase = 0;
-    for (int tile = blockIdx.x;; tile += gridDim.x) {
+    for (int seq = 0;; ++seq) {
+      const int tile = blockIdx.x + seq * gridDim.x;
       typename Mainloop::Work work;
       if (!sched.find(tile, work)) break;
       const int k_tiles = Mainloop::kVarlenK ? Mainloop::k_tiles(ml, work) : uniform_k_tiles;
+      if (Cfg::kPingPong && (seq & 1) != own_parity) {
+        // The other warpgroup's tile: step over its stages (mma() advances one per k-tile and
+        // flips the phase at every wrap).
+        const int next = stage + k_tiles;
+        phase ^= uint32_t(next / Cfg::kStages) & 1u;
+        stage = next % Cfg::kStages;
+        continue;
+      }
       // The accumulators start from the bias (or zero); the k-loop accumulates onto them. An
       // epilogue without init_accumulators (no bias) gets zeros.
       if constexpr (requires {

@@ -31,7 +31,8 @@ struct MainloopSm90CpAsyncVarlenK {
   static constexpr int kTileN = Cfg::kTileN;
   static constexpr int kTileK = Cfg::kTileK;
   static constexpr int kStages = Cfg::kStages;
-  static constexpr int kConsumerWarps = Cfg::kConsumerWarpgroups * 4;
+  // Warps that read each stage and arrive on its empty barrier: the warpgroups sharing a tile.
+  static constexpr int kConsumerWarps = Cfg::kMmaWarpgroups * 4;
   static constexpr int kProducerThreads = 128;
 
   using TileM = cute::Int<kTileM>;
@@ -49,8 +50,8 @@ struct MainloopSm90CpAsyncVarlenK {
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::GMMA::ss_op_selector<Element, Element, float, cute::Shape<cute::_64, TileN, TileK>,
                                  cute::GMMA::Major::MN, cute::GMMA::Major::MN>(),
-      cute::Layout<cute::Shape<cute::Int<Cfg::kConsumerWarpgroups>, cute::_1, cute::_1>>{}));
-  static_assert(kTileM == 64 * Cfg::kConsumerWarpgroups, "one m64 wgmma row block per consumer warpgroup");
+      cute::Layout<cute::Shape<cute::Int<Cfg::kMmaWarpgroups>, cute::_1, cute::_1>>{}));
+  static_assert(kTileM == 64 * Cfg::kMmaWarpgroups, "one m64 wgmma row block per consumer warpgroup");
 
   // The contiguous operand's side: its tile width and smem layout.
   static constexpr int kContigWidth = kGatherLeft ? kTileN : kTileM;
