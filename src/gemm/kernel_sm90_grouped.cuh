@@ -106,6 +106,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         stage = next % Cfg::kStages;
         continue;
       }
+      // Ping-pong: the mainloops of the two warpgroups run in tile order, one after the other.
+      // Barrier waits match phases by parity only, so a warpgroup that started on its tile's
+      // stages while the other was still consuming the previous tile's could see a stage one
+      // full phase early and read it before the producer refilled it (the dH tests with more
+      // k-tiles than stages failed that way). Named barrier 1 + w: "warpgroup w may start".
+      if constexpr (Cfg::kPingPong) {
+        if (seq > 0) cutlass::arch::NamedBarrier::arrive_and_wait(256, 1 + own_parity);
+      }
       // The accumulators start from the bias (or zero); the k-loop accumulates onto them. An
       // epilogue without init_accumulators (no bias) gets zeros.
       if constexpr (requires {
@@ -117,6 +125,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         for (int i = 0; i < size(accum); ++i) accum(i) = 0.f;
       }
       Mainloop::mma(tiled_mma, thr_mma, accum, ss, k_tiles, stage, phase);
+      if constexpr (Cfg::kPingPong) {
+        // Hand the tensor cores to the other warpgroup, if it has a next tile to wait with.
+        auto peek = sched;
+        typename Mainloop::Work next;
+        if (peek.find(tile + gridDim.x, next)) cutlass::arch::NamedBarrier::arrive(256, 2 - own_parity);
+      }
       Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n,
                                                           storage.epilogue, consumer_thread);
     }
