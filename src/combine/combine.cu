@@ -17,6 +17,8 @@
 #include <sstream>
 #include <string>
 
+#include "core/device_checks.h"
+
 namespace sonicmoe::combine {
 namespace {
 
@@ -31,42 +33,12 @@ constexpr int kScoreGradThreads = 256;  // one warp per entry
 constexpr int kColumnThreads = 128;     // 1024 columns per block
 constexpr int kMaxGridY = 65535;
 
-template <class... Parts>
-std::string concat(const Parts&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  return out.str();
-}
-
-Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return {};
-  return Status::error(StatusCode::cuda_error, concat(what, ": ", cudaGetErrorString(err)));
-}
-
-Status require_pointer(const void* p, const char* name, uintptr_t alignment) {
-  if (p == nullptr) return Status::invalid_argument(name, "must not be null");
-  if (reinterpret_cast<uintptr_t>(p) % alignment != 0)
-    return Status::invalid_argument(name, concat("must be ", alignment, "-byte aligned (got address ",
-                                                 reinterpret_cast<uintptr_t>(p), ")"));
-  return {};
-}
-
-Status require_optional_pointer(const void* p, const char* name, uintptr_t alignment) {
-  return p == nullptr ? Status() : require_pointer(p, name, alignment);
-}
-
-Status require_range(int64_t value, const char* name, int64_t lo, int64_t hi) {
-  if (value < lo || value > hi)
-    return Status::invalid_argument(name, concat("must be in [", lo, ", ", hi, "] (got ", value, ")"));
-  return {};
-}
-
-// bf16 rows are read as 16-byte vectors; column indices stay far from int32 limits.
-Status require_feature_size(int64_t v, const char* name) {
-  if (v <= 0 || v % kVec != 0 || v > (int64_t(1) << 28))
-    return Status::invalid_argument(name, concat("must be a positive multiple of 8 and <= 2^28 (got ", v, ")"));
-  return {};
-}
+using detail::concat;
+using detail::cuda_status;
+using detail::require_feature_size;
+using detail::require_optional_pointer;
+using detail::require_pointer;
+using detail::require_range;
 
 // ---- device helpers ------------------------------------------------------------------------------
 

@@ -207,7 +207,6 @@ struct EpilogueStoreTma {
     static_assert(kTileM_ == kTileM && kTileN_ == kTileN);
     static_assert(decltype(size(accum))::value == 2 * Store::kPacked, "m64 x kTileN fragment per thread");
     const int m0 = work.m_block * kTileM;
-    const int n0 = work.n_block * kTileN;
     if (m0 + kTileM > work.rows) {  // the expert ends inside this tile
       EpilogueStore::apply<kTileM, kTileN>(EpilogueStore::Params{p.d, p.bias, p.ldd}, accum, coords, work, n_total,
                                            ss, consumer_thread);

@@ -10,15 +10,13 @@
 #include <atomic>
 #include <string>
 
+#include "core/device_checks.h"
 #include "gemm/kernel_sm90_grouped.cuh"
 #include "sonicmoe/status.h"
 
 namespace sonicmoe::gemm {
 
-inline Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return Status();
-  return Status::error(StatusCode::cuda_error, std::string(what) + ": " + cudaGetErrorString(err));
-}
+using sonicmoe::detail::cuda_status;
 
 template <class Cfg, class Mainloop, class Epilogue>
 Status launch_grouped_gemm(const GroupedKernelParams<Mainloop, Epilogue>& params, cudaStream_t stream) {

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "combine/combine.h"
+#include "core/device_checks.h"
 #include "core/validate.h"
 #include "moe/router_gemm.h"
 #include "moe/workspace.h"
@@ -23,10 +24,7 @@ namespace {
 
 using detail::concat;
 
-Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return Status();
-  return Status::error(StatusCode::cuda_error, std::string(what) + ": " + cudaGetErrorString(err));
-}
+using detail::cuda_status;
 
 bool uses_router(const LayerConfig& c) { return c.routing != RoutingKind::general; }
 

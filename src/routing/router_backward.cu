@@ -26,6 +26,7 @@
 #include <limits>
 #include <string>
 
+#include "core/device_checks.h"
 #include "core/validate.h"
 #include "routing/routing_device.cuh"
 
@@ -183,15 +184,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarpSize)
   }
 }
 
-Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return {};
-  return Status::error(StatusCode::cuda_error, std::string(what) + ": " + cudaGetErrorString(err));
-}
+using detail::cuda_status;
 
+// Null passes here (null pointers are checked separately).
 Status check_aligned(const void* pointer, int64_t alignment, const char* name) {
-  if (reinterpret_cast<uintptr_t>(pointer) % uint64_t(alignment) != 0)
-    return Status::invalid_argument(name, concat("must be ", alignment, "-byte aligned"));
-  return {};
+  return detail::require_aligned(pointer, name, uintptr_t(alignment));
 }
 
 Status check_array(const void* pointer, int64_t alignment, const char* name) {

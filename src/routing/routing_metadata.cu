@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/device_checks.h"
 #include "core/validate.h"
 #include "sonicmoe/gpu_routing.h"
 
@@ -58,24 +59,9 @@ int64_t chunk_count(int64_t capacity) {
   return capacity <= 0 ? 0 : (capacity + chunk_entries(capacity) - 1) / chunk_entries(capacity);
 }
 
-Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return {};
-  return Status::error(StatusCode::cuda_error, concat(what, ": ", cudaGetErrorString(err)));
-}
-
-Status require_pointer(const void* p, const char* name, uintptr_t alignment) {
-  if (p == nullptr) return Status::invalid_argument(name, "must not be null");
-  if (reinterpret_cast<uintptr_t>(p) % alignment != 0)
-    return Status::invalid_argument(name, concat("must be ", alignment, "-byte aligned (got address ",
-                                                 reinterpret_cast<uintptr_t>(p), ")"));
-  return {};
-}
-
-Status require_range(int64_t value, const char* name, int64_t lo, int64_t hi) {
-  if (value < lo || value > hi)
-    return Status::invalid_argument(name, concat("must be in [", lo, ", ", hi, "] (got ", value, ")"));
-  return {};
-}
+using detail::cuda_status;
+using detail::require_pointer;
+using detail::require_range;
 
 // ---- device helpers --------------------------------------------------------------------------
 

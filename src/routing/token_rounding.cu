@@ -35,6 +35,7 @@
 #include <string>
 #include <type_traits>
 
+#include "core/device_checks.h"
 #include "core/validate.h"
 #include "routing/routing_device.cuh"
 #include "sonicmoe/gpu_routing.h"
@@ -311,15 +312,11 @@ __global__ void __launch_bounds__(kRowWarpsPerBlock* kWarpSize)
   }
 }
 
-Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return {};
-  return Status::error(StatusCode::cuda_error, std::string(what) + ": " + cudaGetErrorString(err));
-}
+using detail::cuda_status;
 
+// Null passes here (null pointers are checked separately).
 Status check_aligned(const void* pointer, int64_t alignment, const char* name) {
-  if (reinterpret_cast<uintptr_t>(pointer) % uint64_t(alignment) != 0)
-    return Status::invalid_argument(name, concat("must be ", alignment, "-byte aligned"));
-  return {};
+  return detail::require_aligned(pointer, name, uintptr_t(alignment));
 }
 
 Status validate_gpu_token_rounding(const TokenRoundingParams& p, const void* workspace, int64_t workspace_bytes) {
