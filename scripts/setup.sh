@@ -53,3 +53,14 @@ echo "setup: CUTLASS headers at $cutlass_dir/include"
 if [ ! -f "$root/third_party/googletest/CMakeLists.txt" ] && [ -f /usr/src/googletest/CMakeLists.txt ]; then
   cp -r /usr/src/googletest "$root/third_party/googletest"
 fi
+
+# Build requirements of the Python package (pyproject.toml) as pure-Python wheels, for machines
+# without a package index (the GPU machine): scripts/install_python.sh installs from here.
+wheels_dir="$root/third_party/wheels"
+if ! ls "$wheels_dir"/scikit_build_core-*.whl "$wheels_dir"/pathspec-*.whl "$wheels_dir"/packaging-*.whl >/dev/null 2>&1; then
+  echo "setup: fetching scikit-build-core, pathspec, packaging wheels into third_party/wheels"
+  mkdir -p "$wheels_dir"
+  python3 -m pip download -q --no-deps --disable-pip-version-check --only-binary=:all: \
+    -d "$wheels_dir" scikit-build-core pathspec packaging \
+    || echo "setup: could not download the Python build wheels (no index?); scripts/install_python.sh will need them"
+fi
