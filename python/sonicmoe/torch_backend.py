@@ -13,6 +13,7 @@ Same math and layouts as the C++ core (DESIGN.md §1-3):
   - W1 [E, 2n, d] with interleaved rows (row 2j gate j, row 2j+1 up j), W2 [E, d, n], optional
     b1 [E, 2n], b2 [E, d]; H = x·W1_eᵀ + b1_e, A_j = silu(H_2j)·H_2j+1, Y = A·W2_eᵀ + b2_e,
     out[t] = Σ_k s·Y (accumulated in fp32, returned in x's dtype).
+fp64 inputs stay fp64 throughout (logits and scores included) for finite-difference checks.
 Gradients come from PyTorch's autograd through exactly these formulas, router included (the
 selection itself is piecewise constant). The expert GEMMs run in the dtype of the weights.
 """
@@ -37,9 +38,15 @@ class Routing(NamedTuple):
     expert_offsets: torch.Tensor  # int32 [E+1], exclusive prefix sum of the per-expert counts
 
 
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """fp32, or fp64 for fp64 inputs (finite-difference checks)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def router_logits(x: torch.Tensor, router_weight: torch.Tensor) -> torch.Tensor:
-    """x·Wrᵀ in fp32 ([T, E]); inputs of lower precision are widened first, as on the GPU."""
-    return x.float() @ router_weight.float().t()
+    """x·Wrᵀ in fp32 ([T, E]; fp64 for fp64 inputs); narrower inputs are widened first, as on the GPU."""
+    wide = _wide(x.dtype)
+    return x.to(wide) @ router_weight.to(wide).t()
 
 
 def route_top_k(logits: torch.Tensor, top_k: int):
@@ -72,7 +79,7 @@ def route_token_rounding(logits: torch.Tensor, top_k: int, tile_m: int = 128, ro
     token_idx, expert_idx, topk_scores = route_top_k(logits, top_k)
     tok, exp = token_idx.long(), expert_idx.long()
     # Top-K scores and full-softmax probabilities as [T, E] matrices (differentiable).
-    score = torch.zeros(num_tokens, num_experts, dtype=torch.float32, device=logits.device).index_put((tok, exp),
+    score = torch.zeros(num_tokens, num_experts, dtype=topk_scores.dtype, device=logits.device).index_put((tok, exp),
                                                                                                     topk_scores)
     probability = torch.softmax(logits, dim=-1)
     with torch.no_grad():
@@ -130,8 +137,9 @@ def experts_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, token_i
         a = F.silu(h[:, 0::2]) * h[:, 1::2]
         ys.append(F.linear(a, w2[e], None if b2 is None else b2[e]))
     y = torch.cat(ys) if ys else x.new_zeros(0, hidden)
-    weighted = y.float() * scores[order].float().unsqueeze(1)
-    out = torch.zeros(num_tokens, hidden, dtype=torch.float32, device=x.device).index_add(0, tok_grouped, weighted)
+    wide = _wide(x.dtype)
+    weighted = y.to(wide) * scores[order].to(wide).unsqueeze(1)
+    out = torch.zeros(num_tokens, hidden, dtype=wide, device=x.device).index_add(0, tok_grouped, weighted)
     return out.to(x.dtype)
 
 
