@@ -20,6 +20,10 @@ command -v nvcc >/dev/null || { echo "install_python.sh: nvcc not found (CUDA 13
 [ -f third_party/cutlass-4.2.0.0/include/cute/tensor.hpp ] || [ -n "${SKBUILD_CMAKE_DEFINE:-}" ] \
   || { echo "install_python.sh: CUTLASS headers missing in third_party/; run scripts/setup.sh on a machine with network" >&2; exit 1; }
 
+# Install into the Python that holds torch, as torch itself was (a Debian system Python marks
+# itself externally managed; pip >= 23.0.1 honours this override, older pips ignore it).
+export PIP_BREAK_SYSTEM_PACKAGES=1
+
 if ! "$py" -c "import scikit_build_core" 2>/dev/null; then
   ls $wheels/scikit_build_core-*.whl >/dev/null 2>&1 \
     || { echo "install_python.sh: no scikit-build-core wheel in $wheels; run scripts/setup.sh with network first" >&2; exit 1; }
