@@ -5,6 +5,8 @@
 # baselines. Logs go to $OUT (or ./out); the last lines printed are a summary.
 #   usage (device machine, repo root, third_party/ carried):
 #     bash scripts/device_check.sh [gemm shapes, default 0,1,2 | none] [layer configs, default all | none]
+#   SKIP_SLOW=1  leaves out the test whose CPU reference takes ~2 minutes (MoeLayerGPU.TopK7BShape)
+#   PYTHON=1     also installs the PyTorch extension (scripts/install_python.sh) and runs pytest
 set -u
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -28,7 +30,9 @@ summary+=("build rc=$build_rc in $(( $(date +%s) - start )) s on $card")
 grep -E "spill|bytes stack frame" "$out/build.log" | sort | uniq -c >"$out/ptxas_spills.log"
 if [ $build_rc -ne 0 ]; then tail -30 "$out/build.log"; printf '%s\n' "${summary[@]}"; exit 1; fi
 
-(cd build/device && timeout 420 ctest -j8 --timeout 300 --output-on-failure >"$out/ctest.log" 2>&1)
+exclude=()
+[ "${SKIP_SLOW:-0}" = 1 ] && exclude=(-E TopK7BShape)
+(cd build/device && timeout 420 ctest -j8 --timeout 300 "${exclude[@]}" --output-on-failure >"$out/ctest.log" 2>&1)
 summary+=("ctest: $(grep -E 'tests passed|tests failed' "$out/ctest.log")")
 
 small='GroupedGemmUpProj.EdgeExpertSizesTailsBias:GroupedGemmDownProj.EdgeExpertSizesTailsBias:GroupedGemmUpProjInputGrad.EdgeExpertSizesTails:GroupedGemmDownProjActGrad.EdgeExpertSizesAndTails:GroupedGemmDownProjWeightGrad.EdgeExpertSizesAndTails:GroupedGemmUpProjWeightGrad.EdgeExpertSizesAndTails:MoeLayerGPU.TopKBiasHiddenNotTileMultiple:MoeLayerGPU.GeneralRoutingBias:MoeLayerTokenRoundingGPU.*/1'
@@ -45,6 +49,13 @@ for tool in memcheck racecheck synccheck; do
   fi
 done
 
+if [ "${PYTHON:-0}" = 1 ]; then
+  timeout 300 bash scripts/install_python.sh >"$out/python_install.log" 2>&1
+  summary+=("python install rc=$?")
+  cp build/install_python.log "$out/" 2>/dev/null
+  timeout 400 python3 -m pytest tests/python -q -rs -p no:cacheprovider >"$out/pytest.log" 2>&1
+  summary+=("pytest rc=$? ($(tail -1 "$out/pytest.log"))")
+fi
 if [ "$layer_configs" != none ]; then
   timeout 400 build/device/layer_bench --configs "$layer_configs" --json "$out/layer_bench.json" >"$out/layer_bench.log" 2>&1
   summary+=("layer_bench rc=$?")
