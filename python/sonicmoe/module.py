@@ -61,6 +61,10 @@ def load_balancing_loss(logits: torch.Tensor, expert_offsets: torch.Tensor) -> t
     return num_experts * ((probs / probs.sum().clamp_min(1e-12)) * (counts / counts.sum().clamp_min(1.0))).sum()
 
 
+def _to_bf16(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return t if t is None or t.dtype == torch.bfloat16 else t.to(torch.bfloat16)
+
+
 class MoE(nn.Module):
     """Mixture-of-Experts block: top-K token-choice router + SwiGLU experts.
 
@@ -113,9 +117,8 @@ class MoE(nn.Module):
         routing = "top_k" if inference else self.routing
         params = [self.router.weight, self.c_fc.weight, self.c_proj.weight, self.c_fc.bias, self.c_proj.bias]
         if self.backend == "sonicmoe":
-            cast = lambda t: t if t is None or t.dtype == torch.bfloat16 else t.to(torch.bfloat16)
-            wr, w1, w2, b1, b2 = (cast(t) for t in params)
-            xin = cast(x)
+            wr, w1, w2, b1, b2 = [_to_bf16(t) for t in params]
+            xin = _to_bf16(x)
             layer = functional.moe_layer
         else:
             wr, w1, w2, b1, b2 = params
