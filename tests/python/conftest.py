@@ -61,3 +61,20 @@ def _no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
     else:
         yield
+
+
+def pytest_report_header(config):
+    """Which sonicmoe is tested, whether its extension loaded, and whether the installed Python
+    files are stale against this checkout (reinstall with scripts/install_python.sh then)."""
+    here = os.path.dirname(os.path.abspath(sonicmoe.__file__))
+    checkout = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "python", "sonicmoe"))
+    lines = [f"sonicmoe from {here}; extension: "
+             + (sonicmoe.extension_path() if sonicmoe.extension_available() else f"not loaded ({sonicmoe.extension_error()})")]
+    if here != checkout and os.path.isdir(checkout):
+        stale = [name for name in sorted(os.listdir(checkout)) if name.endswith(".py")
+                 and (not os.path.exists(os.path.join(here, name))
+                      or open(os.path.join(here, name)).read() != open(os.path.join(checkout, name)).read())]
+        if stale:
+            lines.append(f"WARNING: the installed sonicmoe differs from this checkout in {stale}: "
+                         "run scripts/install_python.sh")
+    return lines
