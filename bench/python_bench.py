@@ -27,7 +27,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import sonicmoe  # noqa: E402  (the installed package when there is one)
 from sonicmoe import torch_backend  # noqa: E402
 
