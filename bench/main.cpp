@@ -1,10 +1,10 @@
 // sonicmoe_main — the project's main job.
 //
-// On a machine with an sm_90 (Hopper) GPU this becomes the GPU layer benchmark once the GPU
-// layer lands (issues 3 and 4). Until then, and on every machine without such a GPU, it runs
-// the CPU reference (double accumulation) on a small layer: forward and backward, the bytes the
-// forward caches for the backward, and a self-check of the backward against the independent
-// naive backward. Exit code 0 only when that check passes.
+// The CPU half of the main job (scripts/run.sh runs it first, then the GPU layer benchmark
+// bench/layer_bench.cu where a Hopper GPU is present): the CPU reference (double accumulation) on
+// a small layer — forward and backward, the bytes the forward caches for the backward, and a
+// self-check of the backward against the independent naive backward. Exit code 0 only when that
+// check passes.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
