@@ -29,6 +29,11 @@ echo "test.sh: tests took $(( $(date +%s) - built )) s"
 # pure-PyTorch backend tests run on CPU.
 if python3 -c "import torch, pytest" 2>/dev/null; then
   python3 -m pytest tests/python -q -rs -p no:cacheprovider
+  # The example trains a tiny MoE LM and fails unless its loss falls (pure-PyTorch backend here;
+  # `--backend sonicmoe` on a Hopper GPU with the extension installed).
+  for routing in top_k token_rounding; do
+    python3 examples/train_tiny_moe_lm.py --backend torch --routing "$routing" --steps 60 | tail -1
+  done
 else
   echo "test.sh: PyTorch or pytest not installed: skipped the Python tests (tests/python)"
 fi
