@@ -186,14 +186,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kWarpSize)
 
 using detail::cuda_status;
 
-// Null passes here (null pointers are checked separately).
-Status check_aligned(const void* pointer, int64_t alignment, const char* name) {
-  return detail::require_aligned(pointer, name, uintptr_t(alignment));
-}
-
 Status check_array(const void* pointer, int64_t alignment, const char* name) {
   SONICMOE_RETURN_IF_ERROR(detail::check_not_null(pointer, name));
-  return check_aligned(pointer, alignment, name);
+  return detail::require_aligned(pointer, name, uintptr_t(alignment));
 }
 
 Status validate_router_backward_params(const RouterBackwardParams& p) {

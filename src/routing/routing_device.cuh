@@ -19,6 +19,9 @@
 
 #include <cstdint>
 
+#include "core/validate.h"
+#include "sonicmoe/status.h"
+
 namespace sonicmoe::routing::device {
 
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -27,6 +30,19 @@ constexpr int kWarpSize = 32;
 constexpr int kMaxExperts = 1024;
 // Rank k of the top-K ends in lane k.
 constexpr int kMaxTopK = 32;
+
+// The router kernels' limits, checked on the host before a launch; `who` names the caller
+// ("the GPU top-K", "GPU token rounding", ...).
+inline Status check_router_limits(int64_t num_experts, int64_t top_k, const char* who) {
+  if (num_experts > kMaxExperts)
+    return Status::invalid_argument("num_experts", detail::concat("must be <= ", kMaxExperts, " for ", who,
+                                                                  " (a token's logits live in one warp's registers) (got ",
+                                                                  num_experts, ")"));
+  if (top_k > kMaxTopK)
+    return Status::invalid_argument(
+        "top_k", detail::concat("must be <= ", kMaxTopK, " for ", who, " (rank k ends in lane k) (got ", top_k, ")"));
+  return Status();
+}
 
 // Order-preserving map of a logit onto uint32 (larger logit -> larger value). -0 and +0 compare
 // equal as in the reference. NaN maps to 0, below -inf: the reference rejects non-finite logits,

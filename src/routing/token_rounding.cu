@@ -314,33 +314,21 @@ __global__ void __launch_bounds__(kRowWarpsPerBlock* kWarpSize)
 
 using detail::cuda_status;
 
-// Null passes here (null pointers are checked separately).
-Status check_aligned(const void* pointer, int64_t alignment, const char* name) {
-  return detail::require_aligned(pointer, name, uintptr_t(alignment));
-}
-
 Status validate_gpu_token_rounding(const TokenRoundingParams& p, const void* workspace, int64_t workspace_bytes) {
   SONICMOE_RETURN_IF_ERROR(detail::validate_token_rounding_params(p));
-  if (p.num_experts > kMaxExperts)
-    return Status::invalid_argument("num_experts", concat("must be <= ", kMaxExperts,
-                                                          " for GPU token rounding (a token's logits live in one "
-                                                          "warp's registers) (got ", p.num_experts, ")"));
-  if (p.top_k > kMaxTopK)
-    return Status::invalid_argument("top_k", concat("must be <= ", kMaxTopK,
-                                                    " for GPU token rounding (rank k ends in lane k) (got ", p.top_k,
-                                                    ")"));
-  SONICMOE_RETURN_IF_ERROR(check_aligned(p.logits, 4, "logits"));
-  SONICMOE_RETURN_IF_ERROR(check_aligned(p.token_idx, 4, "token_idx"));
-  SONICMOE_RETURN_IF_ERROR(check_aligned(p.expert_idx, 4, "expert_idx"));
-  SONICMOE_RETURN_IF_ERROR(check_aligned(p.scores, 4, "scores"));
-  SONICMOE_RETURN_IF_ERROR(check_aligned(p.num_routed, 8, "num_routed"));
+  SONICMOE_RETURN_IF_ERROR(check_router_limits(p.num_experts, p.top_k, "GPU token rounding"));
+  SONICMOE_RETURN_IF_ERROR(detail::require_aligned(p.logits, "logits", 4));
+  SONICMOE_RETURN_IF_ERROR(detail::require_aligned(p.token_idx, "token_idx", 4));
+  SONICMOE_RETURN_IF_ERROR(detail::require_aligned(p.expert_idx, "expert_idx", 4));
+  SONICMOE_RETURN_IF_ERROR(detail::require_aligned(p.scores, "scores", 4));
+  SONICMOE_RETURN_IF_ERROR(detail::require_aligned(p.num_routed, "num_routed", 8));
   const int64_t need = token_rounding_workspace_bytes(p.num_tokens, p.num_experts, p.top_k);
   if (workspace_bytes < need)
     return Status::invalid_argument(
         "workspace_bytes", concat("must be >= token_rounding_workspace_bytes(T, E, K) = ", need, " (got ",
                                   workspace_bytes, ")"));
   SONICMOE_RETURN_IF_ERROR(detail::check_not_null(workspace, "workspace"));
-  SONICMOE_RETURN_IF_ERROR(check_aligned(workspace, 16, "workspace"));
+  SONICMOE_RETURN_IF_ERROR(detail::require_aligned(workspace, "workspace", 16));
   return {};
 }
 

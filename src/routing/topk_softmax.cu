@@ -51,24 +51,13 @@ __global__ void __launch_bounds__(kTopKWarpsPerBlock* kWarpSize)
 
 using detail::cuda_status;
 
-// Null passes here (null pointers are checked separately).
-Status check_aligned(const void* pointer, int64_t alignment, const char* name) {
-  return detail::require_aligned(pointer, name, uintptr_t(alignment));
-}
-
 Status validate_gpu_top_k_params(const TopKParams& p) {
   SONICMOE_RETURN_IF_ERROR(detail::validate_top_k_params(p));
-  if (p.num_experts > kMaxExperts)
-    return Status::invalid_argument("num_experts", concat("must be <= ", kMaxExperts,
-                                                     " for the GPU top-K (a token's logits live in one warp's "
-                                                     "registers) (got ", p.num_experts, ")"));
-  if (p.top_k > kMaxTopK)
-    return Status::invalid_argument("top_k", concat("must be <= ", kMaxTopK,
-                                               " for the GPU top-K (rank k ends in lane k) (got ", p.top_k, ")"));
-  SONICMOE_RETURN_IF_ERROR(check_aligned(p.logits, 4, "logits"));
-  SONICMOE_RETURN_IF_ERROR(check_aligned(p.token_idx, 4, "token_idx"));
-  SONICMOE_RETURN_IF_ERROR(check_aligned(p.expert_idx, 4, "expert_idx"));
-  SONICMOE_RETURN_IF_ERROR(check_aligned(p.scores, 4, "scores"));
+  SONICMOE_RETURN_IF_ERROR(check_router_limits(p.num_experts, p.top_k, "the GPU top-K"));
+  SONICMOE_RETURN_IF_ERROR(detail::require_aligned(p.logits, "logits", 4));
+  SONICMOE_RETURN_IF_ERROR(detail::require_aligned(p.token_idx, "token_idx", 4));
+  SONICMOE_RETURN_IF_ERROR(detail::require_aligned(p.expert_idx, "expert_idx", 4));
+  SONICMOE_RETURN_IF_ERROR(detail::require_aligned(p.scores, "scores", 4));
   return {};
 }
 
