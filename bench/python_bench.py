@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import sonicmoe  # noqa: E402  (the installed package when there is one)
 from sonicmoe import torch_backend  # noqa: E402
+from grouped_mm_baseline import median_ms  # noqa: E402  (bench/: CUDA-event median after warm-up)
 
 # (name, T, d, n, E, K, paper fwd TFLOPS, paper bwd TFLOPS) — DESIGN.md §5, H100 SXM
 CONFIGS = [
@@ -75,20 +75,6 @@ def grouped_mm_moe(x, router_weight, w1, w2, *, top_k, **unused):
 
 
 LAYERS = {"sonicmoe": sonicmoe.moe_layer, "torch": torch_backend.moe_layer, "grouped_mm": grouped_mm_moe}
-
-
-def median_ms(fn, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def peak_gib(fn):
