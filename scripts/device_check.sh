@@ -6,6 +6,7 @@
 #   usage (device machine, repo root, third_party/ carried):
 #     bash scripts/device_check.sh [gemm shapes, default 0,1,2 | none] [layer configs, default all | none]
 #   SKIP_SLOW=1  leaves out the test whose CPU reference takes ~2 minutes (MoeLayerGPU.TopK7BShape)
+#   SANITIZE=0   leaves out compute-sanitizer (default: memcheck, racecheck, synccheck on a small set)
 #   PYTHON=1     also installs the PyTorch extension (scripts/install_python.sh) and runs pytest
 set -u
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,7 +37,9 @@ exclude=()
 summary+=("ctest: $(grep -E 'tests passed|tests failed' "$out/ctest.log")")
 
 small='GroupedGemmUpProj.EdgeExpertSizesTailsBias:GroupedGemmDownProj.EdgeExpertSizesTailsBias:GroupedGemmUpProjInputGrad.EdgeExpertSizesTails:GroupedGemmDownProjActGrad.EdgeExpertSizesAndTails:GroupedGemmDownProjWeightGrad.EdgeExpertSizesAndTails:GroupedGemmUpProjWeightGrad.EdgeExpertSizesAndTails:MoeLayerGPU.TopKBiasHiddenNotTileMultiple:MoeLayerGPU.GeneralRoutingBias:MoeLayerTokenRoundingGPU.*/1'
-for tool in memcheck racecheck synccheck; do
+tools=(memcheck racecheck synccheck)
+[ "${SANITIZE:-1}" = 0 ] && tools=()
+for tool in "${tools[@]}"; do
   timeout 240 compute-sanitizer --tool $tool --error-exitcode 3 build/device/sonicmoe_tests --gtest_filter="$small" \
     >"$out/sanitizer_$tool.log" 2>&1
   summary+=("compute-sanitizer $tool rc=$? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer_$tool.log" | tail -1))")
