@@ -144,7 +144,8 @@ def format_row(r):
 
 def markdown(result):
     lines = [f"Python layer benchmark — {result['card']}, {result['date']}, torch {result['torch']}, "
-             f"commit {result['commit']}, routing {result['routing']}", "",
+             f"commit {result['commit']}, routing {result['routing']}"
+             + ("" if result.get("complete", True) else " (incomplete run: the rows measured so far)"), "",
              "| model | T | d | n | E | K | backend | fwd TFLOPS | fwd+bwd TFLOPS | fwd ms | fwd+bwd ms | peak fwd GiB | peak fwd+bwd GiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -192,6 +193,8 @@ def plot(result, path):
 
 
 def git_commit():
+    if os.environ.get("SONICMOE_COMMIT"):  # a copy of the tree whose .git is stale or absent
+        return os.environ["SONICMOE_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
@@ -223,8 +226,19 @@ def main():
     result = dict(card=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(), torch=torch.__version__,
                   commit=git_commit(), routing=args.routing, warmup=args.warmup, reps=args.reps, rows=[])
     print(f"card: {result['card']}  date {result['date']}  torch {result['torch']}  commit {result['commit']}")
+    os.makedirs(args.out, exist_ok=True)
     for c in configs:
         result["rows"] += bench_config(c, backends, args.routing, args.tile_m, args.warmup, args.reps)
+        write_results(result, args.out, final=False)  # a run cut short still leaves its rows
+    table = write_results(result, args.out, final=True)
+    print("\n" + table)
+    if plot(result, os.path.join(args.out, "python_bench.png")):
+        print(f"python_bench: plot written to {os.path.join(args.out, 'python_bench.png')}")
+
+
+def write_results(result, out, final):
+    """python_bench.json and .md in `out`, with the speedups over grouped_mm measured so far."""
+    configs = sorted({r["config"] for r in result["rows"]})
     speedups = {}
     for c in configs:
         ours = next((r for r in result["rows"] if r["config"] == c and r["backend"] == "sonicmoe" and "error" not in r), None)
@@ -232,20 +246,17 @@ def main():
         if ours and base:
             speedups[c] = base["fwd_bwd_ms"] / ours["fwd_bwd_ms"]
     result["speedups"] = speedups
+    result["complete"] = final
     if TARGET_CONFIG in speedups:
         s = speedups[TARGET_CONFIG]
         result["target"] = (f"target (issue 5): >= {TARGET_SPEEDUP}x the grouped_mm MoE forward+backward at config "
                             f"{TARGET_CONFIG}: {s:.2f}x -> {'met' if s >= TARGET_SPEEDUP else 'NOT met'}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "python_bench.json"), "w") as f:
+    with open(os.path.join(out, "python_bench.json"), "w") as f:
         json.dump(result, f, indent=1)
     table = markdown(result)
-    with open(os.path.join(args.out, "python_bench.md"), "w") as f:
+    with open(os.path.join(out, "python_bench.md"), "w") as f:
         f.write(table)
-    print("\n" + table)
-    if plot(result, os.path.join(args.out, "python_bench.png")):
-        print(f"python_bench: plot written to {os.path.join(args.out, 'python_bench.png')}")
-
+    return table
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # scripts/profile_roles.sh — Nsight Compute profiles of grouped-GEMM roles, one launch each, at one
 # gemm_bench shape (device machine; needs a built build/device, e.g. from device_check.sh).
-# Writes <role>.ncu-rep and <role>.txt (the details page: speed of light, memory and compute
-# workloads, warp states, scheduler, top stall sources) into $OUT/ncu (or ./out/ncu).
+# Writes <role>.ncu-rep, <role>.txt (the details page: speed of light, memory and compute
+# workloads, warp states, scheduler) and <role>.sass.csv (every SASS instruction with its warp-stall
+# samples) into $OUT/ncu (or ./out/ncu). --clock-control base: durations are at the base clock.
 #   usage: bash scripts/profile_roles.sh [shape index, default 0] [roles, default up,dh,dw1,dw2]
 #   roles: up (up-proj), down (down-proj), dh (dH), dw2, dx (dX̃), dw1
 set -u
@@ -15,14 +16,15 @@ shape=${1:-0}
 roles=${2:-up,dh,dw1,dw2}
 bench=build/device/gemm_bench
 
-# Demangled-name patterns that single out each role's kernel instantiation.
+# Demangled-name patterns that single out each role's kernel instantiation (ncu prints template
+# arguments as (cute::SM90::GMMA::Major)0 = K-major, 1 = MN-major, and (bool)0 / (bool)1).
 declare -A pattern=(
   [up]='EpilogueSwiGLU'
-  [down]='MainloopSm90TmaGather<[^>]*K>.*EpilogueStoreTma'
+  [down]='Major\)0>, sonicmoe::gemm::EpilogueStoreTma'
   [dh]='EpilogueDSwiGLU'
-  [dx]='MainloopSm90TmaGather<[^>]*MN>.*EpilogueStoreTma'
-  [dw2]='MainloopSm90CpAsyncVarlenK<[^>]*true>'
-  [dw1]='MainloopSm90CpAsyncVarlenK<[^>]*false>'
+  [dx]='Major\)1>, sonicmoe::gemm::EpilogueStoreTma'
+  [dw2]='CpAsyncVarlenK<.*\(bool\)1>'
+  [dw1]='CpAsyncVarlenK<.*\(bool\)0>'
 )
 sections=(SpeedOfLight MemoryWorkloadAnalysis ComputeWorkloadAnalysis Occupancy LaunchStats
           SchedulerStats WarpStateStats SourceCounters)
@@ -33,7 +35,9 @@ for role in ${roles//,/ }; do
   for s in "${sections[@]}"; do args+=(--section "$s"); done
   timeout 240 ncu "${args[@]}" -f -o "$out/$role" "$bench" --shapes "$shape" --reps 3 >"$out/$role.run.log" 2>&1
   echo "ncu $role rc=$?"
-  ncu --import "$out/$role.ncu-rep" --page details >"$out/$role.txt" 2>&1
+  ncu --import "$out/$role.ncu-rep" --page details --print-details all >"$out/$role.txt" 2>&1
+  # Per-instruction SASS with its stall samples: where the warps wait.
+  ncu --import "$out/$role.ncu-rep" --page source --print-source sass --csv >"$out/$role.sass.csv" 2>&1
   grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Hit|Registers Per|Stall|Warp Cycles Per Issued" \
     "$out/$role.txt" | head -20
 done
