@@ -115,32 +115,14 @@ struct MainloopSm90CpAsyncVarlenK {
                  : "memory");
   }
 
-  // The copy mapping of one operand's k-tile: kChunks 16-byte chunks across the tile width, a
-  // warp covering whole 256-byte row segments (coalesced reads, conflict-free swizzled writes).
-  template <int kWidth>
-  struct CopyMap {
-    static constexpr int kChunks = kWidth / 8, kRowsPerPass = kProducerThreads / kChunks;
-    static constexpr int kPasses = kTileK / kRowsPerPass;
-    static constexpr int kLaneGroups = 32 / kChunks;  // rows one warp covers per pass
-    static_assert(kProducerThreads % kChunks == 0 && kTileK % kRowsPerPass == 0 && 32 % kChunks == 0,
-                  "copy mapping");
-  };
-
-  // Gather-index prefetch. A warp's share of a k-tile is kWarpRows = 16 rows (64 rows / 4
-  // warps) whatever the tile width, so one index per lane holds them all: lane j (mod 16) loads
-  // the source row of the warp's j-th row, and the copy fetches it with a shuffle. One register
-  // per k-tile instead of one per pass lets the producer load indices kIndexLookahead k-tiles
-  // ahead: ncu showed the producer stalled 81% of its cycles on these loads when they were
-  // issued only one k-tile ahead (dW2 at 162 TFLOPS, (24576,1536,256,128,8), H200).
+  // Gather-index prefetch. A warp copies kWarpRows = 16 consecutive rows of every k-tile
+  // (64 rows / 4 warps) whatever the tile width, so one index per lane holds them all: lane j
+  // (mod 16) loads the source row of the warp's j-th row, and the copy fetches it with a shuffle.
+  // One register per k-tile lets the producer load indices kIndexLookahead k-tiles ahead: ncu
+  // showed the producer stalled 81% of its cycles on these loads when they were issued only one
+  // k-tile ahead (dW2 at 162 TFLOPS, (24576,1536,256,128,8), H200).
   static constexpr int kWarpRows = kTileK / (kProducerThreads / 32);
   static constexpr int kIndexLookahead = kStages;
-
-  // Tile row of the warp's q-th row in the CopyMap<kWidth> order (pass q / G, lane group q % G).
-  template <int kWidth>
-  __device__ static int warp_row(int warp, int q) {
-    using Map = CopyMap<kWidth>;
-    return warp * Map::kLaneGroups + q % Map::kLaneGroups + (q / Map::kLaneGroups) * Map::kRowsPerPass;
-  }
 
   // Source row of reduction slot `slot` (-1: past the expert's rows, or an index out of range).
   __device__ static int32_t source_row(Operand const& op, VarlenKWorkTile const& work, int slot) {
@@ -151,29 +133,59 @@ struct MainloopSm90CpAsyncVarlenK {
   }
 
   // This lane's prefetched index for k-tile kt of the gathered operand.
-  template <int kWidth>
   __device__ static int32_t load_warp_index(Operand const& op, VarlenKWorkTile const& work, int kt, int t) {
-    return source_row(op, work, kt * kTileK + warp_row<kWidth>(t / 32, (t % 32) % kWarpRows));
+    return source_row(op, work, kt * kTileK + (t / 32) * kWarpRows + t % kWarpRows);
   }
 
-  // One k-tile of one operand by cp.async: kTileK rows x kWidth columns from column w0,
-  // zero-filled for rows < 0 and columns past `width`. Row of pass p: row_of(p).
-  template <int kWidth, class SmemTensor, class RowOf>
-  __device__ static void copy_k_tile(Operand const& op, SmemTensor& s, RowOf const& row_of, int w0, int width,
-                                     int stage, int t) {
-    using Map = CopyMap<kWidth>;
-    const int chunk = t % Map::kChunks, row0 = t / Map::kChunks;
-    const int col = w0 + chunk * 8;
-    const bool col_ok = col < width;
-#pragma unroll
-    for (int p = 0; p < Map::kPasses; ++p) {
-      const int32_t row = row_of(p);
-      const bool ok = col_ok && row >= 0;
-      const Element* src = ok ? op.ptr + int64_t(row) * op.ld + col : op.ptr;
-      cp_async_16_zfill(cute::cast_smem_ptr_to_uint(&s(chunk * 8, row0 + p * Map::kRowsPerPass, stage)), src,
-                        ok ? 16 : 0);
+  // One k-tile of one operand (kTileK rows x kWidth columns from column w0) by cp.async into the
+  // MN-major 128-byte-swizzled layout, zero-filled for rows < 0 and columns past `width`.
+  // Warp w copies rows [16w, 16w + 16) of the k-tile; per pass its lanes cover kGroups whole rows
+  // (lane group g = lane / kChunks copies row 16w + p*kGroups + g, 16-byte chunk c = lane %
+  // kChunks of it: coalesced reads). Addresses are set up once per tile: rows p*kGroups apart
+  // inside a warp's block differ in shared memory by whole 128-byte rows plus the swizzle's XOR of
+  // (row mod 8) into the chunk bits 4-6, so one copy costs a shuffle (its row index), a compare,
+  // one wide multiply-add (the global address), an XOR and the cp.async. The first version
+  // computed every address through the CuTe layout with 64-bit pointer arithmetic, ~20
+  // instructions per 16 bytes: ncu showed the producer issuing all the time and the consumers
+  // waiting for it in 47% of their samples (dW1 at 319 TFLOPS, (24576,1536,256,128,8), H200).
+  template <int kWidth>
+  struct RowCopy {
+    static constexpr int kChunks = kWidth / 8;
+    static constexpr int kGroups = 32 / kChunks;
+    static constexpr int kPasses = kWarpRows / kGroups;
+    static constexpr uint32_t kStageBytes = kWidth * kTileK * sizeof(Element);
+    static_assert(32 % kChunks == 0 && kWarpRows % kGroups == 0 && 8 % kGroups == 0, "copy mapping");
+    uint32_t dst;       // shared address of this lane's chunk in stage 0, pass 0
+    const char* src;    // this lane's column in row 0 of the operand
+    uint32_t ld_bytes;  // bytes between operand rows (<= 2^29: feature sizes are <= 2^28)
+    bool col_ok;
+
+    template <class SmemTensor>
+    __device__ RowCopy(SmemTensor& s, Operand const& op, int w0, int width, int t) {
+      const int lane = t % 32, c = lane % kChunks;
+      dst = cute::cast_smem_ptr_to_uint(&s(c * 8, (t / 32) * kWarpRows + lane / kChunks, 0));
+      col_ok = w0 + c * 8 < width;
+      src = reinterpret_cast<const char*>(op.ptr + (col_ok ? w0 + c * 8 : 0));
+      ld_bytes = uint32_t(op.ld * int64_t(sizeof(Element)));
     }
-  }
+    // The row (0..15) of the warp's block that this lane copies in pass p; with the prefetched
+    // indices, also the lane that holds its source row.
+    __device__ static int warp_row(int p, int lane) { return p * kGroups + lane / kChunks; }
+
+    // row_of(p): the source row of this lane's pass p, -1 = zero-fill.
+    template <class RowOf>
+    __device__ void copy(int stage, RowOf const& row_of) const {
+      const uint32_t base = dst + uint32_t(stage) * kStageBytes;
+#pragma unroll
+      for (int p = 0; p < kPasses; ++p) {
+        const int32_t row = row_of(p);
+        const bool ok = col_ok && row >= 0;
+        const char* from = src + uint64_t(uint32_t(max(row, 0))) * ld_bytes;
+        const uint32_t to = (base ^ uint32_t((p * kGroups) % 8 << 4)) + uint32_t(p * kGroups * 128);
+        cp_async_16_zfill(to, from, ok ? 16 : 0);
+      }
+    }
+  };
 
   // The k-loop length is per expert here; the skeleton's uniform count is unused.
   __device__ static void produce(Args const& args, SharedStorage& ss, Scheduler const& sched, int /*uniform*/) {
@@ -183,14 +195,15 @@ struct MainloopSm90CpAsyncVarlenK {
     Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
     Tensor sB = make_tensor(make_smem_ptr(ss.b), SmemLayoutB{});
     Tensor sC = make_tensor(make_smem_ptr(kGatherLeft ? ss.b : ss.a), SmemLayoutContig{});
+    Tensor sG = make_tensor(make_smem_ptr(kGatherLeft ? ss.a : ss.b),
+                            cute::conditional_t<kGatherLeft, SmemLayoutA, SmemLayoutB>{});
     const Operand& contig = kGatherLeft ? args.right : args.left;
-    const int contig_width = kGatherLeft ? args.n : args.m;
-    Tensor mC = args.tma.get_tma_tensor(make_shape(contig_width, int(contig.rows)));
-    constexpr int kGatherWidth = kGatherLeft ? kTileM : kTileN;
-    using GatherMap = CopyMap<kGatherWidth>;
-    using ContigMap = CopyMap<kContigWidth>;
     const Operand& gathered = kGatherLeft ? args.left : args.right;
+    const int contig_width = kGatherLeft ? args.n : args.m;
     const int gather_width = kGatherLeft ? args.m : args.n;
+    Tensor mC = args.tma.get_tma_tensor(make_shape(contig_width, int(contig.rows)));
+    using GatherCopy = RowCopy<kGatherLeft ? kTileM : kTileN>;
+    using ContigCopy = RowCopy<kContigWidth>;
 
     int stage = 0;
     uint32_t phase = 1;  // fresh empty barriers: waiting on parity 1 passes at once
@@ -205,14 +218,13 @@ struct MainloopSm90CpAsyncVarlenK {
       auto [tCg, tCs] = tma_partition(args.tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sC),
                                       group_modes<0, 2>(gC));  // (TMA,kt), (TMA,stage)
       const int tiles = k_tiles(args, work);
-      const int gather_w0 = kGatherLeft ? m0 : n0, contig_w0 = kGatherLeft ? n0 : m0;
+      const GatherCopy gather_copy(sG, gathered, kGatherLeft ? m0 : n0, gather_width, t);
 
       // index[u] holds k-tile kt0 + u; the loop is unrolled by the lookahead so that every
       // index lives in a fixed register and is read kIndexLookahead k-tiles after its load.
       int32_t index[kIndexLookahead];
 #pragma unroll
-      for (int u = 0; u < kIndexLookahead; ++u)
-        index[u] = u < tiles ? load_warp_index<kGatherWidth>(gathered, work, u, t) : -1;
+      for (int u = 0; u < kIndexLookahead; ++u) index[u] = u < tiles ? load_warp_index(gathered, work, u, t) : -1;
       for (int kt0 = 0; kt0 < tiles; kt0 += kIndexLookahead) {
 #pragma unroll
         for (int u = 0; u < kIndexLookahead; ++u) {
@@ -227,28 +239,18 @@ struct MainloopSm90CpAsyncVarlenK {
           } else {
             // The expert's partial last k-tile: the contiguous operand by cp.async, zero-filled.
             if (t == 0) cutlass::arch::ClusterBarrier::arrive(&ss.full[stage]);
-            const int row0 = t / ContigMap::kChunks;
-            copy_k_tile<kContigWidth>(
-                contig, sC,
-                [&](int p) { return source_row(contig, work, kt * kTileK + row0 + p * ContigMap::kRowsPerPass); },
-                contig_w0, contig_width, stage, t);
+            const ContigCopy tail_copy(sC, contig, kGatherLeft ? n0 : m0, contig_width, t);
+            const int row0 = kt * kTileK + (t / 32) * kWarpRows;
+            tail_copy.copy(stage, [&](int p) { return source_row(contig, work, row0 + ContigCopy::warp_row(p, lane)); });
           }
           const int32_t mine = index[u];
-          const auto gathered_row = [&](int p) {
-            return __shfl_sync(0xffffffffu, mine, p * GatherMap::kLaneGroups + lane / GatherMap::kChunks);
-          };
-          if constexpr (kGatherLeft)
-            copy_k_tile<kTileM>(args.left, sA, gathered_row, gather_w0, gather_width, stage, t);
-          else
-            copy_k_tile<kTileN>(args.right, sB, gathered_row, gather_w0, gather_width, stage, t);
+          gather_copy.copy(stage, [&](int p) { return __shfl_sync(0xffffffffu, mine, GatherCopy::warp_row(p, lane)); });
           cutlass::arch::cpasync_barrier_arrive_noinc(&ss.full[stage]);
           if (++stage == kStages) {
             stage = 0;
             phase ^= 1;
           }
-          index[u] = kt + kIndexLookahead < tiles
-                         ? load_warp_index<kGatherWidth>(gathered, work, kt + kIndexLookahead, t)
-                         : -1;
+          index[u] = kt + kIndexLookahead < tiles ? load_warp_index(gathered, work, kt + kIndexLookahead, t) : -1;
         }
       }
     }
