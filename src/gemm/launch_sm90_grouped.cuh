@@ -18,11 +18,16 @@ namespace sonicmoe::gemm {
 
 using sonicmoe::detail::cuda_status;
 
+// The most dynamic shared memory one block may opt into on sm_90 (H100/H200): 227 KiB.
+inline constexpr size_t kSm90MaxSharedBytesPerBlock = 227 * 1024;
+
 template <class Cfg, class Mainloop, class Epilogue>
 Status launch_grouped_gemm(const GroupedKernelParams<Mainloop, Epilogue>& params, cudaStream_t stream) {
   if (params.num_rows == 0) return Status();  // nothing routed: nothing to write
   auto kernel = grouped_gemm_sm90_kernel<Cfg, Mainloop, Epilogue>;
   const size_t smem_bytes = sizeof(GroupedKernelStorage<Mainloop, Epilogue>) + 1024;
+  static_assert(sizeof(GroupedKernelStorage<Mainloop, Epilogue>) + 1024 <= kSm90MaxSharedBytesPerBlock,
+                "stages + epilogue staging exceed sm_90's shared memory (tile_config.h)");
   int device = 0, sms = 0;
   SONICMOE_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&device), "cudaGetDevice"));
   // The shared-memory opt-in is set once per device and kernel (it is a host-side attribute, so

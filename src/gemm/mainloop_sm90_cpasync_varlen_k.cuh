@@ -132,9 +132,15 @@ struct MainloopSm90CpAsyncVarlenK {
     return r >= 0 && r < op.rows ? int32_t(r) : -1;
   }
 
-  // This lane's prefetched index for k-tile kt of the gathered operand.
+  // This lane's prefetched index for k-tile kt of the gathered operand, unchecked (-1 past the
+  // expert's rows): RowCopy::copy range-checks it when it is used. Checked here, the compare
+  // consumed the load at once and the producer waited for every index (ncu, dW1: the top
+  // producer stall, right after the load).
   __device__ static int32_t load_warp_index(Operand const& op, VarlenKWorkTile const& work, int kt, int t) {
-    return source_row(op, work, kt * kTileK + (t / 32) * kWarpRows + t % kWarpRows);
+    const int slot = kt * kTileK + (t / 32) * kWarpRows + t % kWarpRows;
+    if (slot >= work.rows) return -1;
+    const int64_t grouped_row = int64_t(work.row_start) + slot;
+    return op.gather_idx ? __ldg(op.gather_idx + grouped_row) : int32_t(grouped_row);
   }
 
   // One k-tile of one operand (kTileK rows x kWidth columns from column w0) by cp.async into the
@@ -158,6 +164,7 @@ struct MainloopSm90CpAsyncVarlenK {
     uint32_t dst;       // shared address of this lane's chunk in stage 0, pass 0
     const char* src;    // this lane's column in row 0 of the operand
     uint32_t ld_bytes;  // bytes between operand rows (<= 2^29: feature sizes are <= 2^28)
+    uint32_t rows;      // rows of the operand: valid source rows are [0, rows)
     bool col_ok;
 
     template <class SmemTensor>
@@ -167,20 +174,21 @@ struct MainloopSm90CpAsyncVarlenK {
       col_ok = w0 + c * 8 < width;
       src = reinterpret_cast<const char*>(op.ptr + (col_ok ? w0 + c * 8 : 0));
       ld_bytes = uint32_t(op.ld * int64_t(sizeof(Element)));
+      rows = uint32_t(min(op.rows, int64_t(INT32_MAX)));
     }
     // The row (0..15) of the warp's block that this lane copies in pass p; with the prefetched
     // indices, also the lane that holds its source row.
     __device__ static int warp_row(int p, int lane) { return p * kGroups + lane / kChunks; }
 
-    // row_of(p): the source row of this lane's pass p, -1 = zero-fill.
+    // row_of(p): the source row of this lane's pass p; rows outside [0, rows) are zero-filled.
     template <class RowOf>
     __device__ void copy(int stage, RowOf const& row_of) const {
       const uint32_t base = dst + uint32_t(stage) * kStageBytes;
 #pragma unroll
       for (int p = 0; p < kPasses; ++p) {
-        const int32_t row = row_of(p);
-        const bool ok = col_ok && row >= 0;
-        const char* from = src + uint64_t(uint32_t(max(row, 0))) * ld_bytes;
+        const uint32_t row = uint32_t(row_of(p));  // negative -> huge: one compare checks both ends
+        const bool ok = col_ok && row < rows;
+        const char* from = src + uint64_t(ok ? row : 0u) * ld_bytes;
         const uint32_t to = (base ^ uint32_t((p * kGroups) % 8 << 4)) + uint32_t(p * kGroups * 128);
         cp_async_16_zfill(to, from, ok ? 16 : 0);
       }
