@@ -81,42 +81,32 @@ struct EpilogueStore {
   }
 };
 
-// Registers -> 128-byte-swizzled shared-memory staging -> asynchronous TMA stores, for a full
-// kTileM x kTileN bf16 tile, in kParts column parts of kPartN columns that take turns in one
-// staging buffer (kTileM x kPartN). Used by every TMA-store epilogue. Protocol per part (all
-// consumer threads): begin() (the previous store has finished reading the buffer), write(),
-// commit() (proxy fence, barrier, one thread issues the store); finish() before the CTA exits.
-// Why parts: the staging buffer competes with the mainloop's stages for shared memory. A whole
-// 128x256 tile (64 KiB) left room for 3 stages only, and ncu showed the 3-stage up-proj
-// latency-bound (producer waiting for free stages while the consumers waited for data,
-// (24576,1536,256,128,8), H200); a 32 KiB half-tile buffer fits a 4th stage. The price: the
-// second half waits until the TMA engine has read the first out of shared memory.
+// Registers -> 128-byte-swizzled shared-memory tile -> one asynchronous TMA store, for a full
+// kTileM x kTileN bf16 tile. Used by every TMA-store epilogue. Protocol per tile (all consumer
+// threads): begin() (the previous store has finished reading the buffer), write(), commit()
+// (proxy fence, barrier, one thread issues the store); finish() before the CTA exits.
 template <class Cfg>
 struct TmaTileStore {
   using Element = cutlass::bfloat16_t;
   static constexpr int kTileM = Cfg::kTileM;
   static constexpr int kTileN = Cfg::kTileN;
-  static constexpr int kParts = Cfg::kStoreParts;
-  static constexpr int kPartN = kTileN / kParts;
-  static constexpr int kPartBlocks = kPartN / 8;  // 8-column accumulator blocks per part
   static constexpr int kConsumerThreads = 128 * Cfg::kConsumerWarpgroups;
-  static constexpr int kPacked = kTileN / 4;      // bf16x2 words per consumer thread, whole tile
-  static constexpr int kPackedPart = kPartN / 4;  // ... per part
-  using PartShape = cute::Shape<cute::Int<kTileM>, cute::Int<kPartN>>;
+  static constexpr int kPacked = kTileN / 4;  // bf16x2 words per consumer thread
+  using TileShape = cute::Shape<cute::Int<kTileM>, cute::Int<kTileN>>;
   // 128-byte swizzle: the 8 rows a warp writes per store instruction land in 8 different 16-byte
   // bank groups (conflict-free), and TMA reads it natively in 64-column boxes.
-  using SmemLayout = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<Element>{}, PartShape{}));
-  static_assert(kTileN % kParts == 0 && kPartN % 64 == 0, "whole 64-column swizzle slabs per part");
+  using SmemLayout = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<Element>{}, TileShape{}));
+  static_assert(kTileN % 64 == 0, "whole 64-column swizzle slabs");
 
   struct alignas(1024) SharedStorage {
     alignas(1024) Element d[cute::cosize_v<SmemLayout>];
   };
 
-  // The output tensor [rows, n] row-major as TMA sees it; one box = one part.
+  // The output tensor [rows, n] row-major as TMA sees it.
   static auto make_tma(Element* d, int rows, int n) {
     using namespace cute;
     auto g = make_tensor(make_gmem_ptr(d), make_layout(make_shape(rows, n), make_stride(int64_t(n), _1{})));
-    return make_tma_copy(SM90_TMA_STORE{}, g, SmemLayout{}, PartShape{}, Int<1>{});
+    return make_tma_copy(SM90_TMA_STORE{}, g, SmemLayout{}, TileShape{}, Int<1>{});
   }
   using Tma = decltype(make_tma(nullptr, 1, 8));
 
@@ -125,13 +115,13 @@ struct TmaTileStore {
     cutlass::arch::NamedBarrier::sync(kConsumerThreads, 0);
   }
 
-  // packed[2*j + v1] holds the bf16 pair at part coordinates (m_base + 8*v1, c_base + 8*j).
+  // packed[2*j + v1] holds the bf16 pair at tile coordinates (m_base + 8*v1, c_base + 8*j).
   // The m64nNk16 accumulator fragment is ((2 columns, 2 row halves, N/8 column blocks)), so value
   // i = v0 + 2*v1 + 4*j sits there, with c_base < 8: block j has 16-byte chunk j % 8 and slab j / 8.
-  // The layout written out: 64-column slabs of kTileM rows, 128-byte rows, chunk index XOR
-  // (row % 8). Writing through a CuTe tensor with fp32 values live made ptxas keep the swizzled
-  // addresses and spill.
-  __device__ static void write(SharedStorage& ss, const uint32_t (&packed)[kPackedPart], int m_base, int c_base) {
+  // The layout written out (byte addresses checked against the CuTe tensor on the host):
+  // 64-column slabs of kTileM rows, 128-byte rows, chunk index XOR (row % 8). Writing through a
+  // CuTe tensor with fp32 values live made ptxas keep the swizzled addresses and spill.
+  __device__ static void write(SharedStorage& ss, const uint32_t (&packed)[kPacked], int m_base, int c_base) {
     const uint32_t smem_base = cute::cast_smem_ptr_to_uint(ss.d);
     const int swizzle = m_base & 7;  // rows m_base and m_base + 8 share it
 #pragma unroll
@@ -139,7 +129,7 @@ struct TmaTileStore {
       // Bits 4..6 (the 16-byte chunk) of row_base are zero: XOR places the chunk.
       const uint32_t row_base = smem_base + 2u * uint32_t((m_base + 8 * v1) * 64 + c_base);
 #pragma unroll
-      for (int j = 0; j < kPartBlocks; ++j) {
+      for (int j = 0; j < kTileN / 8; ++j) {
         const uint32_t addr = (row_base ^ uint32_t(((j & 7) ^ swizzle) << 4)) + uint32_t((j >> 3) * kTileM * 64 * 2);
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(packed[2 * j + v1]) : "memory");
       }
@@ -148,7 +138,7 @@ struct TmaTileStore {
 
   // The same addressing, one bf16 pair at a time, for epilogues that interleave other work
   // (SwiGLU) and cannot afford the packed array: two row bases stay live, each store is one XOR
-  // with a compile-time chunk and an immediate slab offset. j: the block inside the part.
+  // with a compile-time chunk and an immediate slab offset.
   struct Writer {
     uint32_t row_base[2];
     __device__ Writer(SharedStorage& ss, int m_base, int c_base) {
@@ -164,9 +154,8 @@ struct TmaTileStore {
     }
   };
 
-  // Stores the staged part: rows from `first_row`, columns from `first_col` of the
-  // [num_rows, n_total] tensor (TMA clips columns past n_total).
-  __device__ static void commit(Tma const& tma, SharedStorage& ss, int first_row, int first_col, int num_rows,
+  // Stores the tile whose first row is `first_row` of the [num_rows, n_total] tensor.
+  __device__ static void commit(Tma const& tma, SharedStorage& ss, int first_row, int n_block, int num_rows,
                                 int n_total, int consumer_thread) {
     using namespace cute;
     // Generic-proxy smem writes, then the async-proxy (TMA) read: fence, then gather the CTA.
@@ -175,8 +164,8 @@ struct TmaTileStore {
     if (consumer_thread == 0) {
       Tensor sD = make_tensor(make_smem_ptr(ss.d), SmemLayout{});
       Tensor mD = tma.get_tma_tensor(make_shape(num_rows, n_total));
-      // Expert tiles start at any row: shift the coordinate origin to the part's first element.
-      Tensor gD = local_tile(domain_offset(make_coord(first_row, first_col), mD), PartShape{}, make_coord(0, 0));
+      // Expert tiles start at any row: shift the coordinate origin to the tile's first row.
+      Tensor gD = local_tile(domain_offset(make_coord(first_row, 0), mD), TileShape{}, make_coord(0, n_block));
       auto [tDgD, tDsD] = tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sD), group_modes<0, 2>(gD));
       copy(tma, tDsD, tDgD);
       tma_store_arrive();
@@ -224,22 +213,17 @@ struct EpilogueStoreTma {
       return;
     }
     const int m_base = get<0>(coords(0)), c_base = get<1>(coords(0));
+    Store::begin(consumer_thread);
+    // Round to bf16 pairs first: 64 packed registers instead of 128 fp32 stay live while the
+    // swizzled addresses are formed.
+    uint32_t packed[Store::kPacked];
 #pragma unroll
-    for (int part = 0; part < Store::kParts; ++part) {
-      Store::begin(consumer_thread);
-      // Round to bf16 pairs first: packed registers instead of fp32 pairs stay live while the
-      // swizzled addresses are formed.
-      uint32_t packed[Store::kPackedPart];
-#pragma unroll
-      for (int k = 0; k < Store::kPackedPart; ++k) {
-        const int i = 2 * (part * Store::kPackedPart + k);  // k = 2*j + v1 inside the part
-        const __nv_bfloat162 pair = __floats2bfloat162_rn(accum(i), accum(i + 1));
-        packed[k] = *reinterpret_cast<const uint32_t*>(&pair);
-      }
-      Store::write(ss, packed, m_base, c_base);
-      Store::commit(p.tma_d, ss, work.row_start + m0, work.n_block * kTileN + part * Store::kPartN, p.num_rows,
-                    n_total, consumer_thread);
+    for (int k = 0; k < Store::kPacked; ++k) {
+      const __nv_bfloat162 pair = __floats2bfloat162_rn(accum(2 * k), accum(2 * k + 1));
+      packed[k] = *reinterpret_cast<const uint32_t*>(&pair);  // k = 2*j + v1
     }
+    Store::write(ss, packed, m_base, c_base);
+    Store::commit(p.tma_d, ss, work.row_start + m0, work.n_block, p.num_rows, n_total, consumer_thread);
   }
 };
 

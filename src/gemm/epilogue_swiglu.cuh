@@ -98,29 +98,24 @@ struct EpilogueSwiGLUTma {
       return;
     }
     const int m_base = get<0>(coords(0)), c_base = get<1>(coords(0));
+    Store::begin(consumer_thread);
     __nv_bfloat16* a_rows[2];
 #pragma unroll
     for (int v1 = 0; v1 < 2; ++v1) a_rows[v1] = p.a + (int64_t(work.row_start) + m0 + m_base + 8 * v1) * p.lda;
     const typename Store::Writer writer(ss, m_base, c_base);
 #pragma unroll
-    for (int part = 0; part < Store::kParts; ++part) {
-      Store::begin(consumer_thread);
+    for (int j = 0; j < kTileN / 8; ++j) {
+      const int col = n0 + c_base + 8 * j;  // even: a (gate, up) pair
 #pragma unroll
-      for (int jp = 0; jp < Store::kPartBlocks; ++jp) {
-        const int j = part * Store::kPartBlocks + jp;
-        const int col = n0 + c_base + 8 * j;  // even: a (gate, up) pair
-#pragma unroll
-        for (int v1 = 0; v1 < 2; ++v1) {
-          const int i = 4 * j + 2 * v1;
-          const float gate = accum(i), up = accum(i + 1);
-          const __nv_bfloat162 pair = __floats2bfloat162_rn(gate, up);
-          writer.put(jp, v1, *reinterpret_cast<const uint32_t*>(&pair));
-          if (col < n_total) a_rows[v1][col >> 1] = __float2bfloat16_rn(EpilogueSwiGLU::silu(gate) * up);
-        }
+      for (int v1 = 0; v1 < 2; ++v1) {
+        const int i = 4 * j + 2 * v1;
+        const float gate = accum(i), up = accum(i + 1);
+        const __nv_bfloat162 pair = __floats2bfloat162_rn(gate, up);
+        writer.put(j, v1, *reinterpret_cast<const uint32_t*>(&pair));
+        if (col < n_total) a_rows[v1][col >> 1] = __float2bfloat16_rn(EpilogueSwiGLU::silu(gate) * up);
       }
-      Store::commit(p.tma_h, ss, work.row_start + m0, n0 + part * Store::kPartN, p.num_rows, n_total,
-                    consumer_thread);
     }
+    Store::commit(p.tma_h, ss, work.row_start + m0, work.n_block, p.num_rows, n_total, consumer_thread);
   }
 };
 

@@ -14,18 +14,20 @@ namespace sonicmoe::gemm {
 // warpgroups (64 rows each, wgmma m64n256k16) and one producer warpgroup.
 //
 // Shared memory per stage: A 128x64 bf16 = 16 KiB + B 256x64 bf16 = 32 KiB = 48 KiB, of the
-// 227 KiB a CTA may use on sm_90 (+64 B of barriers, +1 KiB alignment slack). The TMA-store
-// epilogues (H of up-proj, Y of down-proj, dX̃) stage their output through shared memory too:
-//   - whole tile (kStoreParts = 1, 64 KiB): 3 stages = 144 + 64 = 208 KiB. Overlapping a tile's
-//     store with the next tile's wgmmas measured worth more than a 4th stage (H200, (T,d,n,E,K)
-//     = (24576,1536,256,128,8)): down-proj 217 -> 409-429 TFLOPS, up-proj 433-436 (4 stages,
-//     register stores) -> 497 (3 stages, H by TMA store, A from registers). But ncu then showed
-//     the 3-stage up-proj latency-bound: its producer waited for free stages while the
-//     consumers waited for data.
-//   - two column halves through one 32 KiB buffer (kStoreParts = 2): 4 stages = 192 + 32 =
-//     224 KiB + 64 B + 1 KiB slack = 225.1 KiB <= 227 KiB.
-//   4 stages with no staging buffer at all fit the register-store epilogues (EpilogueStore,
-//   EpilogueSwiGLU, the weight gradients).
+// 227 KiB a CTA may use on sm_90 (+64 B of barriers, +1 KiB alignment slack):
+//   3 stages = 144 KiB + a 128x256 bf16 output tile (64 KiB) = 208 KiB for the TMA-store
+//   epilogues (H of up-proj, Y of down-proj, dX̃). Overlapping a tile's store with the next
+//   tile's wgmmas measured worth more than a 4th stage (H200, (T,d,n,E,K) = (24576,1536,256,
+//   128,8)): down-proj 217 -> 409-429 TFLOPS, up-proj 433-436 (4 stages, register stores) ->
+//   497 (3 stages, H by TMA store, A from registers).
+//   4 stages = 192 KiB fit only with the register-store epilogues (EpilogueStore,
+//   EpilogueSwiGLU), which leave no room for the output tile.
+//   Rejected by measurement: staging the tile in two 128-column halves through one 32 KiB
+//   buffer to fit 4 stages + TMA store (224 KiB). ncu had shown the 3-stage up-proj producer
+//   waiting for free stages while its consumers waited for data; with 4 stages the consumers
+//   waited on their own wgmmas instead, and the roles got slower (H200, same call):
+//   up-proj 502 -> 503 / 577 -> 566, down-proj 409 -> 397 / 495 -> 448, dX̃ 543 -> 498 /
+//   571 -> 540 TFLOPS at (24576,1536,256,128,8) / (32768,4096,512,128,8).
 //
 // Registers (65536 per SM, one CTA of 384 threads per SM): the producer warpgroup drops to
 // 56 (it holds 8 gathered row pointers = 16 registers plus loop state), the consumers rise to
@@ -35,13 +37,12 @@ namespace sonicmoe::gemm {
 // makes the consumers' setmaxnreg.inc wait forever — the kernel hangs (seen on an H200). Caveat seen in ptxas -v: the kernel is still compiled
 // under the launch-bounds cap of 168 registers (65536/384), so the consumer path must fit in
 // 168 with its 128 accumulators; every epilogue here does, with 0 bytes spilled.
-template <int kStagesT, int kStorePartsT = 1>
+template <int kStagesT>
 struct TileConfig128x256 {
   static constexpr int kTileM = 128;
   static constexpr int kTileN = 256;
   static constexpr int kTileK = 64;  // one 128-byte swizzle atom of bf16 along K
   static constexpr int kStages = kStagesT;
-  static constexpr int kStoreParts = kStorePartsT;  // column parts of a TMA-store epilogue's staging
   static constexpr int kConsumerWarpgroups = 2;
   static constexpr int kMmaWarpgroups = 2;   // warpgroups sharing one tile (cooperative)
   static constexpr bool kPingPong = false;
@@ -69,7 +70,6 @@ struct TileConfigPingPong64x256 {
   static constexpr int kTileN = 256;
   static constexpr int kTileK = 64;
   static constexpr int kStages = kStagesT;
-  static constexpr int kStoreParts = 1;  // unused: ping-pong takes register-store epilogues only
   static constexpr int kConsumerWarpgroups = 2;
   static constexpr int kMmaWarpgroups = 1;
   static constexpr bool kPingPong = true;
@@ -82,10 +82,9 @@ struct TileConfigPingPong64x256 {
 };
 
 // The configuration each role uses today.
-// The TMA-store roles: 4 stages, output staged in two column halves (see above).
-using UpProjTile = TileConfig128x256<4, 2>;
-using DownProjTile = TileConfig128x256<4, 2>;
-using UpProjInputGradTile = TileConfig128x256<4, 2>;
+using UpProjTile = TileConfig128x256<3>;
+using DownProjTile = TileConfig128x256<3>;
+using UpProjInputGradTile = TileConfig128x256<3>;
 // dH: ping-pong. Its epilogue (load H, write dH, s·A, partial dS from registers) is long: with
 // the cooperative 128x256 tile (4 stages) the tensor cores idled through it and dH ran at
 // 209-212 TFLOPS against ~500 for the same mainloop in other roles (H200, 7B n=256).
