@@ -121,16 +121,22 @@ struct TmaTileStore {
   // The layout written out (byte addresses checked against the CuTe tensor on the host):
   // 64-column slabs of kTileM rows, 128-byte rows, chunk index XOR (row % 8). Writing through a
   // CuTe tensor with fp32 values live made ptxas keep the swizzled addresses and spill.
+  // Shared address of the bf16 pair at tile coordinates (m_base + 8*v1, c_base + 8*j) for a
+  // thread's fragment origin (m_base, c_base < 8) in the tile at `tile` (1024-byte aligned).
+  // Host-callable: tests/cpp/gpu/test_smem_addressing.cu checks it against SmemLayout.
+  CUTE_HOST_DEVICE static constexpr uint32_t pair_address(uint32_t tile, int m_base, int c_base, int v1, int j) {
+    // Bits 4..6 (the 16-byte chunk) of the row base are zero: XOR places the chunk.
+    const uint32_t row_base = tile + 2u * uint32_t((m_base + 8 * v1) * 64 + c_base);
+    return (row_base ^ uint32_t(((j & 7) ^ (m_base & 7)) << 4)) + uint32_t((j >> 3) * kTileM * 64 * 2);
+  }
+
   __device__ static void write(SharedStorage& ss, const uint32_t (&packed)[kPacked], int m_base, int c_base) {
     const uint32_t smem_base = cute::cast_smem_ptr_to_uint(ss.d);
-    const int swizzle = m_base & 7;  // rows m_base and m_base + 8 share it
 #pragma unroll
     for (int v1 = 0; v1 < 2; ++v1) {
-      // Bits 4..6 (the 16-byte chunk) of row_base are zero: XOR places the chunk.
-      const uint32_t row_base = smem_base + 2u * uint32_t((m_base + 8 * v1) * 64 + c_base);
 #pragma unroll
       for (int j = 0; j < kTileN / 8; ++j) {
-        const uint32_t addr = (row_base ^ uint32_t(((j & 7) ^ swizzle) << 4)) + uint32_t((j >> 3) * kTileM * 64 * 2);
+        const uint32_t addr = pair_address(smem_base, m_base, c_base, v1, j);
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(packed[2 * j + v1]) : "memory");
       }
     }
@@ -141,16 +147,21 @@ struct TmaTileStore {
   // with a compile-time chunk and an immediate slab offset.
   struct Writer {
     uint32_t row_base[2];
+    // The swizzled base of row m_base + 8*v1 and the address of its block j (host-callable, like
+    // pair_address, for the test).
+    CUTE_HOST_DEVICE static constexpr uint32_t swizzled_row(uint32_t tile, int m_base, int c_base, int v1) {
+      return (tile + 2u * uint32_t((m_base + 8 * v1) * 64 + c_base)) ^ (uint32_t(m_base & 7) << 4);
+    }
+    CUTE_HOST_DEVICE static constexpr uint32_t block_address(uint32_t row, int j) {
+      return (row ^ uint32_t((j & 7) << 4)) + uint32_t((j >> 3) * kTileM * 64 * 2);
+    }
     __device__ Writer(SharedStorage& ss, int m_base, int c_base) {
       const uint32_t smem_base = cute::cast_smem_ptr_to_uint(ss.d);
-      const uint32_t swizzle = uint32_t(m_base & 7) << 4;
 #pragma unroll
-      for (int v1 = 0; v1 < 2; ++v1)
-        row_base[v1] = (smem_base + 2u * uint32_t((m_base + 8 * v1) * 64 + c_base)) ^ swizzle;
+      for (int v1 = 0; v1 < 2; ++v1) row_base[v1] = swizzled_row(smem_base, m_base, c_base, v1);
     }
     __device__ void put(int j, int v1, uint32_t word) const {
-      const uint32_t addr = (row_base[v1] ^ uint32_t((j & 7) << 4)) + uint32_t((j >> 3) * kTileM * 64 * 2);
-      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(word) : "memory");
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(block_address(row_base[v1], j)), "r"(word) : "memory");
     }
   };
 

@@ -178,7 +178,13 @@ struct MainloopSm90CpAsyncVarlenK {
     }
     // The row (0..15) of the warp's block that this lane copies in pass p; with the prefetched
     // indices, also the lane that holds its source row.
-    __device__ static int warp_row(int p, int lane) { return p * kGroups + lane / kChunks; }
+    CUTE_HOST_DEVICE static constexpr int warp_row(int p, int lane) { return p * kGroups + lane / kChunks; }
+    // Shared address of pass p from the lane's pass-0 address (same stage): whole 128-byte rows
+    // further, with the swizzle phase of the new row XORed into the chunk bits. Host-callable:
+    // tests/cpp/gpu/test_smem_addressing.cu checks it against the CuTe layout.
+    CUTE_HOST_DEVICE static constexpr uint32_t pass_address(uint32_t pass0, int p) {
+      return (pass0 ^ uint32_t((p * kGroups) % 8 << 4)) + uint32_t(p * kGroups * 128);
+    }
 
     // row_of(p): the source row of this lane's pass p; rows outside [0, rows) are zero-filled.
     template <class RowOf>
@@ -189,8 +195,7 @@ struct MainloopSm90CpAsyncVarlenK {
         const uint32_t row = uint32_t(row_of(p));  // negative -> huge: one compare checks both ends
         const bool ok = col_ok && row < rows;
         const char* from = src + uint64_t(ok ? row : 0u) * ld_bytes;
-        const uint32_t to = (base ^ uint32_t((p * kGroups) % 8 << 4)) + uint32_t(p * kGroups * 128);
-        cp_async_16_zfill(to, from, ok ? 16 : 0);
+        cp_async_16_zfill(pass_address(base, p), from, ok ? 16 : 0);
       }
     }
   };

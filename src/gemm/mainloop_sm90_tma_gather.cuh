@@ -129,6 +129,13 @@ struct MainloopSm90TmaGather {
                  : "memory");
   }
 
+  // Offset of an A chunk's pass p from its pass 0 (same stage, same column): this thread's rows
+  // row0 + p*kRowsPerPass (kRowsPerPass = 16) keep the same swizzle phase (row mod 8), so pass p
+  // lies whole 128-byte rows further. Host-callable: tests/cpp/gpu/test_smem_addressing.cu checks
+  // it against the CuTe layout.
+  CUTE_HOST_DEVICE static constexpr uint32_t pass_offset_a(int p) { return uint32_t(p * Cfg::kRowsPerPass * 128); }
+  static constexpr uint32_t kStageBytesA = kTileM * kTileK * sizeof(Element);
+
   // Source rows of this thread's kPasses A rows in `work` (-1: past the tile's rows or out of
   // range). Issued one tile ahead (see produce) so that the loads are in flight during the
   // previous tile's k-loop.
@@ -161,12 +168,10 @@ struct MainloopSm90TmaGather {
     auto [tBgB, tBsB] = tma_partition(args.tma_b, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sB),
                                       group_modes<0, 2>(gB));  // (TMA,n,k,E), (TMA,stage)
 
-    // Shared address of this thread's first A chunk in stage 0. Its rows row0 + p*kRowsPerPass
-    // (kRowsPerPass = 16) keep the same swizzle phase (row mod 8), so pass p lies whole 128-byte
-    // rows further: an immediate offset.
+    // Shared address of this thread's first A chunk in stage 0; pass p is pass_offset_a(p)
+    // further (an immediate offset).
     const uint32_t dst0 = cast_smem_ptr_to_uint(&sA(row0, chunk * 8, 0));
     static_assert(Cfg::kRowsPerPass % 8 == 0 && kTileK * sizeof(Element) == 128, "one swizzle atom per row");
-    constexpr uint32_t kStageBytesA = kTileM * kTileK * sizeof(Element);
 
     int stage = 0;
     uint32_t phase = 1;  // fresh empty barriers: waiting on parity 1 passes at once
@@ -194,7 +199,7 @@ struct MainloopSm90TmaGather {
 #pragma unroll
         for (int p = 0; p < Cfg::kPasses; ++p) {
           const bool ok = k_in && src[p] != nullptr;
-          cp_async_16_zfill(dst + p * Cfg::kRowsPerPass * 128, ok ? src[p] + kt * kTileK : args.a, ok ? 16 : 0);
+          cp_async_16_zfill(dst + pass_offset_a(p), ok ? src[p] + kt * kTileK : args.a, ok ? 16 : 0);
         }
         cutlass::arch::cpasync_barrier_arrive_noinc(&ss.full[stage]);
         if (++stage == kStages) {

@@ -1,0 +1,133 @@
+// The hand-written shared-memory address arithmetic of the GEMM skeleton against CuTe's layouts,
+// on the host (no GPU needed: runs in CI). The producers and the TMA-store epilogue form their
+// swizzled addresses with immediates and XORs instead of going through the CuTe tensors (each
+// measured faster, see the comments at the helpers); wgmma and TMA read those tiles through the
+// CuTe layouts, so the two must agree byte for byte. Here every producer thread, pass and stage
+// (and every epilogue thread's fragment) of the tile configurations the roles use is compared
+// with the address CuTe gives for the same coordinate — a mismatch would otherwise show up only
+// as wrong GEMM results on a Hopper GPU.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "gemm/epilogue_store.cuh"
+#include "gemm/mainloop_sm90_cpasync_varlen_k.cuh"
+#include "gemm/mainloop_sm90_tma_gather.cuh"
+#include "gemm/tile_config.h"
+
+namespace sonicmoe::gemm {
+namespace {
+
+// Byte offset of coordinate `coord` in a tensor with `layout` placed at a 1024-byte-aligned host
+// buffer: the same pointer arithmetic (swizzle applied to the address) as the kernels' `&s(...)`.
+template <class Layout>
+struct Placed {
+  using Element = cutlass::bfloat16_t;
+  std::vector<Element> storage = std::vector<Element>(cute::cosize_v<Layout> + 1024);
+  Element* base = reinterpret_cast<Element*>((reinterpret_cast<uintptr_t>(storage.data()) + 1023) & ~uintptr_t(1023));
+  decltype(cute::make_tensor(cute::make_smem_ptr(static_cast<Element*>(nullptr)), Layout{})) tensor =
+      cute::make_tensor(cute::make_smem_ptr(base), Layout{});
+
+  template <class... Coord>
+  uint32_t offset(Coord... coord) const {
+    return uint32_t(reinterpret_cast<uintptr_t>(&tensor(coord...)) - reinterpret_cast<uintptr_t>(base));
+  }
+};
+
+// Varlen-M producer (up-proj, down-proj, dH, dX̃): thread t copies A row row0 + p*kRowsPerPass,
+// chunk t % kChunksPerRow, at its pass-0 address plus pass_offset_a(p), stage s at
+// s * kStageBytesA.
+template <class Cfg, cute::GMMA::Major kMajorB>
+void check_gather_m_producer() {
+  using Mainloop = MainloopSm90TmaGather<Cfg, kMajorB>;
+  Placed<typename Mainloop::SmemLayoutA> a;
+  int checked = 0;
+  for (int t = 0; t < Mainloop::kProducerThreads; ++t) {
+    const int chunk = t % Cfg::kChunksPerRow, row0 = t / Cfg::kChunksPerRow;
+    const uint32_t pass0 = a.offset(row0, chunk * 8, 0);
+    for (int s = 0; s < Cfg::kStages; ++s)
+      for (int p = 0; p < Cfg::kPasses; ++p) {
+        const uint32_t want = a.offset(row0 + p * Cfg::kRowsPerPass, chunk * 8, s);
+        const uint32_t got = pass0 + uint32_t(s) * Mainloop::kStageBytesA + Mainloop::pass_offset_a(p);
+        ASSERT_EQ(got, want) << "thread " << t << " pass " << p << " stage " << s;
+        ++checked;
+      }
+  }
+  EXPECT_EQ(checked, Mainloop::kProducerThreads * Cfg::kStages * Cfg::kPasses);
+}
+
+TEST(SmemAddressing, GatherMProducerMatchesCuteLayout) {
+  check_gather_m_producer<UpProjTile, cute::GMMA::Major::K>();
+  check_gather_m_producer<DownProjTile, cute::GMMA::Major::K>();
+  check_gather_m_producer<UpProjInputGradTile, cute::GMMA::Major::MN>();
+  check_gather_m_producer<DownProjActGradTile, cute::GMMA::Major::MN>();
+}
+
+// Varlen-K producer (dW1, dW2): lane (warp w, chunk c, lane group g) copies row
+// 16w + warp_row(p, lane) of the k-tile, column 8c, at pass_address(its pass-0 address, p).
+template <class Mainloop, int kWidth, class SmemLayout>
+void check_gather_k_copy() {
+  using Copy = typename Mainloop::template RowCopy<kWidth>;
+  Placed<SmemLayout> s;
+  for (int t = 0; t < Mainloop::kProducerThreads; ++t) {
+    const int lane = t % 32, warp = t / 32, c = lane % Copy::kChunks;
+    const int block_row = warp * Mainloop::kWarpRows;
+    for (int stage = 0; stage < Mainloop::kStages; ++stage) {
+      const uint32_t pass0 = s.offset(c * 8, block_row + Copy::warp_row(0, lane), 0) + uint32_t(stage) * Copy::kStageBytes;
+      ASSERT_EQ(pass0, s.offset(c * 8, block_row + Copy::warp_row(0, lane), stage)) << "stage " << stage;
+      for (int p = 0; p < Copy::kPasses; ++p) {
+        const int row = block_row + Copy::warp_row(p, lane);
+        ASSERT_LT(row, Mainloop::kTileK);
+        ASSERT_EQ(Copy::pass_address(pass0, p), s.offset(c * 8, row, stage))
+            << "width " << kWidth << " thread " << t << " pass " << p << " stage " << stage;
+      }
+    }
+  }
+  // Every (row, chunk) of a k-tile is copied exactly once.
+  std::vector<int> hits(size_t(Mainloop::kTileK * Copy::kChunks), 0);
+  for (int t = 0; t < Mainloop::kProducerThreads; ++t)
+    for (int p = 0; p < Copy::kPasses; ++p) {
+      const int lane = t % 32, row = (t / 32) * Mainloop::kWarpRows + Copy::warp_row(p, lane);
+      ++hits[size_t(row * Copy::kChunks + lane % Copy::kChunks)];
+    }
+  for (int h : hits) ASSERT_EQ(h, 1);
+}
+
+TEST(SmemAddressing, GatherKProducerMatchesCuteLayout) {
+  using DW2 = MainloopSm90CpAsyncVarlenK<WeightGradTile, /*kGatherLeft=*/true>;
+  using DW1 = MainloopSm90CpAsyncVarlenK<WeightGradTile, /*kGatherLeft=*/false>;
+  check_gather_k_copy<DW2, DW2::kTileM, typename DW2::SmemLayoutA>();  // dW2's gathered dO
+  check_gather_k_copy<DW2, DW2::kTileN, typename DW2::SmemLayoutB>();  // its contiguous tail tile
+  check_gather_k_copy<DW1, DW1::kTileN, typename DW1::SmemLayoutB>();  // dW1's gathered x
+  check_gather_k_copy<DW1, DW1::kTileM, typename DW1::SmemLayoutA>();  // its contiguous tail tile
+}
+
+// TMA-store epilogue staging: the thread whose fragment starts at (m_base, c_base) writes the
+// pair at (m_base + 8*v1, c_base + 8*j), through write() (pair_address) or Writer (SwiGLU).
+template <class Cfg>
+void check_store_staging() {
+  using Store = TmaTileStore<Cfg>;
+  Placed<typename Store::SmemLayout> d;
+  for (int m_base = 0; m_base < Cfg::kTileM; m_base += 16)  // each warp's 16-row slice
+    for (int r = 0; r < 8; ++r)
+      for (int c_base = 0; c_base < 8; c_base += 2)
+        for (int v1 = 0; v1 < 2; ++v1) {
+          const uint32_t row = Store::Writer::swizzled_row(0, m_base + r, c_base, v1);
+          for (int j = 0; j < Cfg::kTileN / 8; ++j) {
+            const uint32_t want = d.offset(m_base + r + 8 * v1, c_base + 8 * j);
+            ASSERT_EQ(Store::pair_address(0, m_base + r, c_base, v1, j), want)
+                << "row " << m_base + r << " col " << c_base << " v1 " << v1 << " j " << j;
+            ASSERT_EQ(Store::Writer::block_address(row, j), want);
+          }
+        }
+}
+
+TEST(SmemAddressing, TmaStoreStagingMatchesCuteLayout) {
+  check_store_staging<UpProjTile>();
+  check_store_staging<DownProjTile>();
+  check_store_staging<UpProjInputGradTile>();
+}
+
+}  // namespace
+}  // namespace sonicmoe::gemm
