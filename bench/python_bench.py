@@ -258,5 +258,6 @@ def write_results(result, out, final):
         f.write(table)
     return table
 
+
 if __name__ == "__main__":
     main()
