@@ -34,9 +34,10 @@ namespace sonicmoe::gemm {
 // 224: 128 fp32 accumulators per thread + epilogue temporaries.
 // 56*128 + 224*256 = 64512 <= 65536. setmaxnreg only moves registers inside the CTA's launch
 // allocation (384 threads x 168 = 64512): a split that sums to more (80/216 = 65536 was tried)
-// makes the consumers' setmaxnreg.inc wait forever — the kernel hangs (seen on an H200). Caveat seen in ptxas -v: the kernel is still compiled
-// under the launch-bounds cap of 168 registers (65536/384), so the consumer path must fit in
-// 168 with its 128 accumulators; every epilogue here does, with 0 bytes spilled.
+// makes the consumers' setmaxnreg.inc wait forever — the kernel hangs (seen on an H200).
+// ptxas -v reports "168 registers" (the launch-bounds figure, 65536/384), but it allocates each
+// side of setmaxnreg to its own count: the consumer code of the dH kernel uses up to R203
+// (scripts/sass.sh), and the producer must fit in 56 (it spilled when it did not).
 template <int kStagesT>
 struct TileConfig128x256 {
   static constexpr int kTileM = 128;

@@ -5,7 +5,8 @@
 // CuTe layouts, so the two must agree byte for byte. Here every producer thread, pass and stage
 // (and every epilogue thread's fragment) of the tile configurations the roles use is compared
 // with the address CuTe gives for the same coordinate — a mismatch would otherwise show up only
-// as wrong GEMM results on a Hopper GPU.
+// as wrong GEMM results on a Hopper GPU. Likewise the accumulator fragment layout the epilogues
+// index by hand.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -127,6 +128,35 @@ TEST(SmemAddressing, TmaStoreStagingMatchesCuteLayout) {
   check_store_staging<UpProjTile>();
   check_store_staging<DownProjTile>();
   check_store_staging<UpProjInputGradTile>();
+}
+
+// The epilogues index the accumulator fragment by hand: value i of a consumer thread sits at row
+// r0 + 8*((i/2) % 2), column c0 + i % 2 + 8*(i/4) of the tile, with (r0 % 16) < 8 and c0 < 8 even
+// (TmaTileStore::write, the dSwiGLU epilogue). Checked here against CuTe's partition of the
+// tiled MMA, for every consumer thread of the cooperative and the ping-pong tiles.
+template <class Cfg, cute::GMMA::Major kMajorB>
+void check_fragment_layout() {
+  using namespace cute;
+  using Mainloop = MainloopSm90TmaGather<Cfg, kMajorB>;
+  typename Mainloop::TiledMma tiled_mma;
+  for (int t = 0; t < 128 * Cfg::kMmaWarpgroups; ++t) {
+    auto thr = tiled_mma.get_thread_slice(t);
+    auto coords = thr.partition_C(make_identity_tensor(Shape<Int<Cfg::kTileM>, Int<Cfg::kTileN>>{}));
+    ASSERT_EQ(int(size(coords)), Cfg::kTileN / 2) << "m64 x kTileN fragment: kTileN/2 values per thread";
+    const int r0 = get<0>(coords(0)), c0 = get<1>(coords(0));
+    ASSERT_LT(r0 % 16, 8);
+    ASSERT_LT(c0, 8);
+    ASSERT_EQ(c0 % 2, 0);
+    for (int i = 0; i < int(size(coords)); ++i) {
+      ASSERT_EQ(int(get<0>(coords(i))), r0 + 8 * ((i / 2) % 2)) << "thread " << t << " value " << i;
+      ASSERT_EQ(int(get<1>(coords(i))), c0 + i % 2 + 8 * (i / 4)) << "thread " << t << " value " << i;
+    }
+  }
+}
+
+TEST(SmemAddressing, AccumulatorFragmentLayout) {
+  check_fragment_layout<UpProjTile, cute::GMMA::Major::K>();
+  check_fragment_layout<DownProjActGradTile, cute::GMMA::Major::MN>();
 }
 
 }  // namespace
