@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "gemm/epilogue_swiglu.cuh"
 #include "gemm/scheduler_grouped.cuh"
 
 namespace sonicmoe::gemm {
@@ -49,17 +50,34 @@ struct EpilogueDSwiGLU {
   __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
                                int n_total, SharedStorage&, int /*consumer_thread*/) {
     const int m0 = work.m_block * kTileM;
-    const int n0 = work.n_block * kTileN;
-    // In the m64 wgmma accumulator layout a thread owns two rows, r0 and r0 + 8.
+    // The m64 wgmma accumulator fragment: pair k (values 2k, 2k+1) sits at row r0 + 8*(k & 1),
+    // columns c0 + 8*(k >> 1) and the next (tests/cpp/gpu/test_smem_addressing.cu checks this
+    // against CuTe). Every address is set up per row once per tile, so a pair's loads and stores
+    // take immediate offsets.
     const int r0 = cute::get<0>(coords(0));
-    const int local_lo = m0 + r0, local_hi = m0 + r0 + 8;
-    const bool lo_ok = local_lo < work.rows, hi_ok = local_hi < work.rows;
-    const int64_t row_lo = int64_t(work.row_start) + local_lo, row_hi = int64_t(work.row_start) + local_hi;
-    const int32_t slot_lo = lo_ok ? __ldg(p.scatter + row_lo) : 0, slot_hi = hi_ok ? __ldg(p.scatter + row_hi) : 0;
-    const float s_lo = lo_ok ? __ldg(p.scores + slot_lo) : 0.f, s_hi = hi_ok ? __ldg(p.scores + slot_hi) : 0.f;
-    float ds_lo = 0.f, ds_hi = 0.f;
+    const int c0 = work.n_block * kTileN + cute::get<1>(coords(0));  // even
+    const int j_end = c0 < n_total ? (n_total - c0 + 7) / 8 : 0;     // pairs inside N (N % 8 == 0)
+    bool row_ok[2];
+    int32_t slot[2];
+    float s[2], ds[2] = {0.f, 0.f};
+    const uint2* h_at[2];
+    uint2* dh_at[2];
+    __nv_bfloat162* as_at[2];
+#pragma unroll
+    for (int v1 = 0; v1 < 2; ++v1) {
+      const int local = m0 + r0 + 8 * v1;
+      row_ok[v1] = local < work.rows;
+      const int64_t row = row_ok[v1] ? int64_t(work.row_start) + local : 0;
+      slot[v1] = row_ok[v1] ? __ldg(p.scatter + row) : 0;
+      // H and dH: (gate, up) bf16 pairs, 4 per 8 bytes; A': bf16 pairs.
+      h_at[v1] = reinterpret_cast<const uint2*>(p.h + row * 2 * p.n + 2 * c0);
+      dh_at[v1] = reinterpret_cast<uint2*>(p.grad_h + row * 2 * p.n + 2 * c0);
+      as_at[v1] = reinterpret_cast<__nv_bfloat162*>(p.a_scaled + row * p.n + c0);
+    }
+#pragma unroll
+    for (int v1 = 0; v1 < 2; ++v1) s[v1] = row_ok[v1] ? __ldg(p.scores + slot[v1]) : 0.f;
     constexpr int kPairs = decltype(cute::size(accum))::value / 2;
-    static_assert(kPairs % kLoadBatch == 0, "whole batches of accumulator pairs");
+    static_assert(kPairs % kLoadBatch == 0 && kLoadBatch % 2 == 0, "whole batches of accumulator pairs");
 #pragma unroll
     for (int b = 0; b < kPairs; b += kLoadBatch) {
       // H[row, 2col .. 2col+3] = (g0, u0, g1, u1): one 8-byte load per pair, the batch's loads
@@ -67,44 +85,37 @@ struct EpilogueDSwiGLU {
       uint2 packed[kLoadBatch];
 #pragma unroll
       for (int q = 0; q < kLoadBatch; ++q) {
-        const int i = 2 * (b + q);
-        const bool hi = cute::get<0>(coords(i)) != r0;
-        const int col = n0 + cute::get<1>(coords(i));  // even: columns col, col + 1 of dA'
-        const int64_t row = hi ? row_hi : row_lo;
-        packed[q] = (hi ? hi_ok : lo_ok) && col < n_total
-                        ? __ldg(reinterpret_cast<const uint2*>(p.h + row * 2 * p.n + 2 * col))
-                        : make_uint2(0u, 0u);
+        const int k = b + q, v1 = k & 1, j = k >> 1;
+        packed[q] = row_ok[v1] && j < j_end ? __ldg(h_at[v1] + 4 * j) : make_uint2(0u, 0u);
       }
 #pragma unroll
       for (int q = 0; q < kLoadBatch; ++q) {
-        const int i = 2 * (b + q);
-        const bool hi = cute::get<0>(coords(i)) != r0;
-        const int col = n0 + cute::get<1>(coords(i));
-        if (!(hi ? hi_ok : lo_ok) || col >= n_total) continue;
-        const int64_t row = hi ? row_hi : row_lo;
-        const float s = hi ? s_hi : s_lo;
+        const int k = b + q, v1 = k & 1, j = k >> 1;
+        if (!(row_ok[v1] && j < j_end)) continue;
         const float2 gu0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed[q].x));
         const float2 gu1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed[q].y));
         float dgate[2], dup[2], a[2];
-        const float g[2] = {gu0.x, gu1.x}, u[2] = {gu0.y, gu1.y}, acc[2] = {accum(i), accum(i + 1)};
+        const float g[2] = {gu0.x, gu1.x}, u[2] = {gu0.y, gu1.y}, acc[2] = {accum(2 * k), accum(2 * k + 1)};
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
-          const float sig = 1.0f / (1.0f + __expf(-g[c]));
+          const float sig = EpilogueSwiGLU::sigmoid(g[c]);  // as in the forward
           const float silu = g[c] * sig;
           a[c] = silu * u[c];
-          const float da = s * acc[c];
+          const float da = s[v1] * acc[c];
           dgate[c] = da * u[c] * sig * (1.0f + g[c] * (1.0f - sig));
           dup[c] = da * silu;
-          (hi ? ds_hi : ds_lo) += acc[c] * a[c];
+          ds[v1] += acc[c] * a[c];
         }
         uint2 out;
         *reinterpret_cast<__nv_bfloat162*>(&out.x) = __floats2bfloat162_rn(dgate[0], dup[0]);
         *reinterpret_cast<__nv_bfloat162*>(&out.y) = __floats2bfloat162_rn(dgate[1], dup[1]);
-        *reinterpret_cast<uint2*>(p.grad_h + row * 2 * p.n + 2 * col) = out;
-        *reinterpret_cast<__nv_bfloat162*>(p.a_scaled + row * p.n + col) =
-            __floats2bfloat162_rn(s * a[0], s * a[1]);
+        dh_at[v1][4 * j] = out;
+        as_at[v1][4 * j] = __floats2bfloat162_rn(s[v1] * a[0], s[v1] * a[1]);
       }
     }
+    float ds_lo = ds[0], ds_hi = ds[1];
+    const bool lo_ok = row_ok[0], hi_ok = row_ok[1];
+    const int32_t slot_lo = slot[0], slot_hi = slot[1];
     // The four lanes of a quad hold the rest of the same two rows.
     ds_lo += __shfl_xor_sync(0xffffffffu, ds_lo, 1);
     ds_lo += __shfl_xor_sync(0xffffffffu, ds_lo, 2);
