@@ -1,7 +1,7 @@
 // src/gemm/grouped_gemm_weight_grad.cu — roles 5 and 7, the weight gradients dW2 and dW1: the
-// grouped skeleton with the varlen-K mainloop (dW2 gathers its left operand, dW1 its right one)
-// and the dense per-expert store; both in one translation unit so the CuTe templates are paid
-// for once.
+// grouped skeleton with one varlen-K mainloop (both gather their left operand: dO for dW2, x for
+// dW1 computed transposed) and the per-expert stores (dW1's transposed); both in one translation
+// unit so the CuTe templates are paid for once.
 #include <cuda_bf16.h>
 
 #include "gemm/epilogue_weight_grad.cuh"
