@@ -23,8 +23,8 @@ declare -A pattern=(
   [down]='Major\)0>, sonicmoe::gemm::EpilogueStoreTma'
   [dh]='EpilogueDSwiGLU'
   [dx]='Major\)1>, sonicmoe::gemm::EpilogueStoreTma'
-  [dw2]='CpAsyncVarlenK<.*\(bool\)1>'
-  [dw1]='CpAsyncVarlenK<.*\(bool\)0>'
+  [dw2]='EpilogueWeightGrad>'
+  [dw1]='EpilogueWeightGradTransposed'
 )
 sections=(SpeedOfLight MemoryWorkloadAnalysis ComputeWorkloadAnalysis Occupancy LaunchStats
           SchedulerStats WarpStateStats SourceCounters)

@@ -1,7 +1,7 @@
 // src/gemm/grouped_gemm_weight_grad.cu — roles 5 and 7, the weight gradients dW2 and dW1: the
-// grouped skeleton with the varlen-K mainloop (dW2 gathers its left operand, dW1 its right one)
-// and the dense per-expert store; both in one translation unit so the CuTe templates are paid
-// for once.
+// grouped skeleton with one varlen-K mainloop (both gather their left operand: dO for dW2, x for
+// dW1 computed transposed) and the per-expert stores (dW1's transposed); both in one translation
+// unit so the CuTe templates are paid for once.
 #include <cuda_bf16.h>
 
 #include "gemm/epilogue_weight_grad.cuh"
@@ -15,10 +15,10 @@ namespace sonicmoe {
 namespace {
 
 using Cfg = gemm::WeightGradTile;
-// dW2 gathers its left operand (dO), dW1 its right one (x); the other comes by TMA.
-using MainloopDW2 = gemm::MainloopSm90CpAsyncVarlenK<Cfg, /*kGatherLeft=*/true>;
-using MainloopDW1 = gemm::MainloopSm90CpAsyncVarlenK<Cfg, /*kGatherLeft=*/false>;
-using Element = MainloopDW2::Element;
+// Both gather their left operand (dW2: dO; dW1, computed transposed as xᵀ·dH: x) 128 wide by
+// cp.async; the right one comes by TMA. One mainloop for both.
+using Mainloop = gemm::MainloopSm90CpAsyncVarlenK<Cfg, /*kGatherLeft=*/true>;
+using Element = Mainloop::Element;
 
 }  // namespace
 
@@ -64,13 +64,13 @@ Status grouped_gemm_down_proj_weight_grad(const DownProjWeightGradParams& p, cud
   SONICMOE_RETURN_IF_ERROR(validate(p));
   if (p.num_rows == 0) return zero_gradient(p.grad_w2, p.num_experts * p.hidden * p.intermediate, stream);
   const auto* a_scaled = reinterpret_cast<const Element*>(p.a_scaled);
-  const gemm::GroupedKernelParams<MainloopDW2, gemm::EpilogueWeightGrad> params{
+  const gemm::GroupedKernelParams<Mainloop, gemm::EpilogueWeightGrad> params{
       .mainloop = {.left = {reinterpret_cast<const Element*>(p.grad_out), p.hidden, p.gather_idx, p.num_tokens},
                    .right = {a_scaled, p.intermediate, nullptr, p.num_rows},
                    .m = int(p.hidden),
                    .n = int(p.intermediate),
-                   .tma = MainloopDW2::make_tma_contig(a_scaled, int(p.intermediate), int(p.num_rows),
-                                                      p.intermediate)},
+                   .tma = Mainloop::make_tma_contig(a_scaled, int(p.intermediate), int(p.num_rows),
+                                                   p.intermediate)},
       .epilogue = {.out = reinterpret_cast<__nv_bfloat16*>(p.grad_w2), .m = int(p.hidden)},
       .expert_offsets = p.expert_offsets,
       .num_experts = int(p.num_experts),
@@ -82,14 +82,14 @@ Status grouped_gemm_up_proj_weight_grad(const UpProjWeightGradParams& p, cudaStr
   SONICMOE_RETURN_IF_ERROR(validate(p));
   if (p.num_rows == 0) return zero_gradient(p.grad_w1, p.num_experts * p.h_cols * p.hidden, stream);
   const auto* grad_h = reinterpret_cast<const Element*>(p.grad_h);
-  const gemm::GroupedKernelParams<MainloopDW1, gemm::EpilogueWeightGrad> params{
-      .mainloop = {.left = {grad_h, p.h_cols, nullptr, p.num_rows},
-                   .right = {reinterpret_cast<const Element*>(p.x), p.hidden, p.gather_idx, p.num_tokens},
-                   .m = int(p.h_cols),
-                   .n = int(p.hidden),
-                   .tma = MainloopDW1::make_tma_contig(grad_h, int(p.h_cols), int(p.num_rows),
-                                                      p.h_cols)},
-      .epilogue = {.out = reinterpret_cast<__nv_bfloat16*>(p.grad_w1), .m = int(p.h_cols)},
+  // C[m, n] = Σ_rows x[gather(r), m] · dH[r, n] = dW1_e[n, m]: stored transposed.
+  const gemm::GroupedKernelParams<Mainloop, gemm::EpilogueWeightGradTransposed> params{
+      .mainloop = {.left = {reinterpret_cast<const Element*>(p.x), p.hidden, p.gather_idx, p.num_tokens},
+                   .right = {grad_h, p.h_cols, nullptr, p.num_rows},
+                   .m = int(p.hidden),
+                   .n = int(p.h_cols),
+                   .tma = Mainloop::make_tma_contig(grad_h, int(p.h_cols), int(p.num_rows), p.h_cols)},
+      .epilogue = {.out = reinterpret_cast<__nv_bfloat16*>(p.grad_w1), .m = int(p.hidden)},
       .expert_offsets = p.expert_offsets,
       .num_experts = int(p.num_experts),
       .num_rows = int(p.num_rows)};

@@ -1,7 +1,8 @@
 // src/gemm/mainloop_sm90_cpasync_varlen_k.cuh — mainloop of the weight-gradient GEMMs (varlen K):
 //   C_e[m, n] = Σ_{rows r of e} L[lrow(r), m] · R[rrow(r), n]
 // dW2 = dOᵀ·(s·A): L = dO gathered by gather_idx, R = s·A contiguous in grouped order.
-// dW1 = dHᵀ·x:     L = dH contiguous,              R = x gathered.
+// dW1ᵀ = xᵀ·dH:    L = x gathered by gather_idx,   R = dH contiguous (stored transposed by
+//                  EpilogueWeightGradTransposed, so that the gathered operand is the 128-wide one).
 //
 // Both operands are MN-major in shared memory (one gathered row brings 8 consecutive M or N
 // values per 16-byte chunk). The gathered operand is loaded by cp.async (TMA cannot gather

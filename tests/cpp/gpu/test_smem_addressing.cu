@@ -147,15 +147,21 @@ void check_fragment_layout() {
     ASSERT_LT(r0 % 16, 8);
     ASSERT_LT(c0, 8);
     ASSERT_EQ(c0 % 2, 0);
+    // EpilogueWeightGradTransposed pairs rows through lane ^ 4: the same columns, row ^ 1.
+    auto partner = tiled_mma.get_thread_slice(t ^ 4).partition_C(
+        make_identity_tensor(Shape<Int<Cfg::kTileM>, Int<Cfg::kTileN>>{}));
     for (int i = 0; i < int(size(coords)); ++i) {
       ASSERT_EQ(int(get<0>(coords(i))), r0 + 8 * ((i / 2) % 2)) << "thread " << t << " value " << i;
       ASSERT_EQ(int(get<1>(coords(i))), c0 + i % 2 + 8 * (i / 4)) << "thread " << t << " value " << i;
+      ASSERT_EQ(int(get<0>(partner(i))), int(get<0>(coords(i))) ^ 1) << "thread " << t << " value " << i;
+      ASSERT_EQ(int(get<1>(partner(i))), int(get<1>(coords(i)))) << "thread " << t << " value " << i;
     }
   }
 }
 
 TEST(SmemAddressing, AccumulatorFragmentLayout) {
   check_fragment_layout<UpProjTile, cute::GMMA::Major::K>();
+  check_fragment_layout<WeightGradTile, cute::GMMA::Major::K>();
   check_fragment_layout<DownProjActGradTile, cute::GMMA::Major::MN>();
 }
 
