@@ -40,11 +40,43 @@ struct EpilogueDSwiGLU {
   // PTX alternated ld/st strictly and each thread waited 64 full memory round trips per tile —
   // dH ran at 209-220 TFLOPS (H200, 7B n=256) while every other role ran at 370-530.
   // 16 pairs = 32 registers next to the 128 accumulators (0 spilled; 32 pairs spilled 148 B).
+  // The batch's loads are inline asm (volatile, memory clobber): with plain conditional __ldg
+  // the compiler sank each load into its pair's `if` block, after the previous pair's stores, and
+  // the round trips were serialized again (ncu: long-scoreboard stalls on the first use of
+  // every load; dH 316 -> 288 TFLOPS at 7B n=256). Predicated: lanes whose pair is outside the
+  // expert's rows or outside N issue no load and read (0, 0).
   static constexpr int kLoadBatch = 16;
+
+  __device__ static uint2 load_h_pair(const uint2* at, bool pred) {
+    uint2 v;
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n"
+        " @p ld.global.v2.u32 {%0, %1}, [%2];\n}\n"
+        : "=r"(v.x), "=r"(v.y)
+        : "l"(at), "r"(int(pred))
+        : "memory");
+    return v;
+  }
 
   struct SharedStorage {};
   __device__ static void prefetch(Params const&) {}
   __device__ static void finish(int) {}
+
+  // Before the tile's mainloop: one bulk L2 prefetch per H row of the tile (its 2 * kTileN
+  // columns, 1 KiB), so that the epilogue's batches of H loads find H in L2 instead of HBM (H was
+  // written by the forward and is read once here). Each warpgroup's epilogue waits for its 4
+  // batches one after the other, and in ping-pong an epilogue longer than the other warpgroup's
+  // mainloop leaves the tensor cores idle.
+  template <int kTileM, int kTileN>
+  __device__ static void prefetch_tile(Params const& p, WorkTile const& work, int n_total, int consumer_thread) {
+    const int local = work.m_block * kTileM + consumer_thread;
+    const int c0 = work.n_block * kTileN;
+    if (consumer_thread < kTileM && local < work.rows && c0 < n_total) {
+      const __nv_bfloat16* row = p.h + (int64_t(work.row_start) + local) * 2 * p.n + 2 * c0;
+      const uint32_t bytes = uint32_t(min(kTileN, n_total - c0)) * 2u * uint32_t(sizeof(__nv_bfloat16));
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(row), "r"(bytes) : "memory");
+    }
+  }
 
   template <int kTileM, int kTileN, class Accum, class Coords>
   __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
@@ -86,7 +118,7 @@ struct EpilogueDSwiGLU {
 #pragma unroll
       for (int q = 0; q < kLoadBatch; ++q) {
         const int k = b + q, v1 = k & 1, j = k >> 1;
-        packed[q] = row_ok[v1] && j < j_end ? __ldg(h_at[v1] + 4 * j) : make_uint2(0u, 0u);
+        packed[q] = load_h_pair(h_at[v1] + 4 * j, row_ok[v1] && j < j_end);
       }
 #pragma unroll
       for (int q = 0; q < kLoadBatch; ++q) {

@@ -7,7 +7,9 @@
 //   EpilogueSwiGLU:       both outputs straight from registers (H as bf16x2 words, A as bf16).
 //   EpilogueSwiGLUTma<C>: for tiles inside an expert, H goes registers -> swizzled smem -> an
 //                         asynchronous TMA store (2/3 of the bytes) while A is stored from
-//                         registers; tiles cut by the expert's end use EpilogueSwiGLU.
+//                         registers, 8 bytes per lane after a transpose inside each quad
+//                         (QuadTranspose); tiles cut by the expert's end or by N use
+//                         EpilogueSwiGLU.
 // A is always computed from the fp32 (gate, up) values, before H is rounded to bf16. The bias
 // is already in the accumulators (load_bias_into_accumulators, epilogue_store.cuh).
 #pragma once
@@ -72,6 +74,38 @@ struct EpilogueSwiGLU {
   }
 };
 
+// A 4 x 4 transpose of bf16 values inside a quad (the 4 lanes that share a row of the m64
+// accumulator fragment), so that A leaves in 8-byte stores. Lane q of the quad holds A columns
+// q + 4*jj (jj = 0..3) of a 16-column group, packed as r0 = (jj 0, jj 1), r1 = (jj 2, jj 3); after
+// two shuffles it holds columns 4q .. 4q+3 as (w0, w1), the 8 bytes it stores. Stored one bf16
+// per lane (the first version), A took 64 2-byte stores per thread and tile: ncu showed the
+// up-proj consumers stalled in their epilogue on registers still waiting for those stores to
+// read them (long scoreboard), about 30% of their time. Host-callable: the selectors and the
+// whole exchange are emulated in tests/cpp/gpu/test_smem_addressing.cu.
+struct QuadTranspose {
+  // PRMT / __byte_perm selectors of lane q: which bf16 halves (a: bytes 0-3, b: bytes 4-7) go
+  // where. After the first shuffle (partner q ^ 2) the lane holds jj pair `hi` of itself (mine)
+  // and of lane q ^ 2 (other); it keeps jj = q and sends the other jj to lane q ^ 1.
+  struct Selectors {
+    bool hi;        // q & 2: keeps r1 (jj 2, 3), sends r0
+    uint32_t keep;  // (mine, other) -> (mine[q&1], other[q&1]) = columns of lanes q, q^2
+    uint32_t send;  // (mine, other) -> (mine[1-(q&1)], other[1-(q&1)]), to lane q ^ 1
+    uint32_t w0;    // (keep, received) -> columns 4q, 4q+1
+    uint32_t w1;    // (keep, received) -> columns 4q+2, 4q+3
+  };
+  CUTE_HOST_DEVICE static constexpr uint32_t halves(int h0, int h1) {
+    return uint32_t(2 * h0) | uint32_t(2 * h0 + 1) << 4 | uint32_t(2 * h1) << 8 | uint32_t(2 * h1 + 1) << 12;
+  }
+  // keep = (lane q, lane q^2), received = (lane q^1, lane q^3): the half holding lane p's value
+  // is H(p ^ q) with H(0) = 0, H(2) = 1, H(1) = 2, H(3) = 3.
+  CUTE_HOST_DEVICE static constexpr int half_of(int d) { return ((d & 1) << 1) | (d >> 1); }
+  CUTE_HOST_DEVICE static constexpr Selectors selectors(int q) {
+    const int lo = q & 1;
+    return Selectors{(q & 2) != 0, halves(lo, 2 + lo), halves(1 - lo, 3 - lo), halves(half_of(q), half_of(1 ^ q)),
+                     halves(half_of(2 ^ q), half_of(3 ^ q))};
+  }
+};
+
 template <class Cfg>
 struct EpilogueSwiGLUTma {
   using Store = TmaTileStore<Cfg>;
@@ -104,27 +138,43 @@ struct EpilogueSwiGLUTma {
     static_assert(decltype(size(accum))::value == 2 * Store::kPacked, "m64 x kTileN fragment per thread");
     const int m0 = work.m_block * kTileM;
     const int n0 = work.n_block * kTileN;
-    if (m0 + kTileM > work.rows) {  // the expert ends inside this tile
+    if (m0 + kTileM > work.rows || n0 + kTileN > n_total) {  // the expert (or N) ends inside this tile
       EpilogueSwiGLU::apply<kTileM, kTileN>(EpilogueSwiGLU::Params{p.h, p.a, p.bias, p.ldh, p.lda}, accum, coords,
                                             work, n_total, ss, consumer_thread);
       return;
     }
-    const int m_base = get<0>(coords(0)), c_base = get<1>(coords(0));
+    const int m_base = get<0>(coords(0)), c_base = get<1>(coords(0));  // c_base = 2 * (lane % 4)
+    const int q = c_base >> 1;
+    const QuadTranspose::Selectors sel = QuadTranspose::selectors(q);
     Store::begin(consumer_thread);
-    __nv_bfloat16* a_rows[2];
+    // This lane's 8 bytes of A in 16-column group t of row half v1: a_at[v1] + 16 t.
+    __nv_bfloat16* a_at[2];
 #pragma unroll
-    for (int v1 = 0; v1 < 2; ++v1) a_rows[v1] = p.a + (int64_t(work.row_start) + m0 + m_base + 8 * v1) * p.lda;
+    for (int v1 = 0; v1 < 2; ++v1)
+      a_at[v1] = p.a + (int64_t(work.row_start) + m0 + m_base + 8 * v1) * p.lda + n0 / 2 + 4 * q;
     const typename Store::Writer writer(ss, m_base, c_base);
+    // Accumulator pair (j, v1) = values 4j + 2 v1, +1: (gate, up) of A column q + 4j.
 #pragma unroll
-    for (int j = 0; j < kTileN / 8; ++j) {
-      const int col = n0 + c_base + 8 * j;  // even: a (gate, up) pair
+    for (int t = 0; t < kTileN / 32; ++t) {
 #pragma unroll
       for (int v1 = 0; v1 < 2; ++v1) {
-        const int i = 4 * j + 2 * v1;
-        const float gate = accum(i), up = accum(i + 1);
-        const __nv_bfloat162 pair = __floats2bfloat162_rn(gate, up);
-        writer.put(j, v1, *reinterpret_cast<const uint32_t*>(&pair));
-        if (col < n_total) a_rows[v1][col >> 1] = __float2bfloat16_rn(EpilogueSwiGLU::silu(gate) * up);
+        float act[4];
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          const int j = 4 * t + jj, i = 4 * j + 2 * v1;
+          const float gate = accum(i), up = accum(i + 1);
+          const __nv_bfloat162 pair = __floats2bfloat162_rn(gate, up);
+          writer.put(j, v1, *reinterpret_cast<const uint32_t*>(&pair));
+          act[jj] = EpilogueSwiGLU::silu(gate) * up;
+        }
+        const __nv_bfloat162 p01 = __floats2bfloat162_rn(act[0], act[1]), p23 = __floats2bfloat162_rn(act[2], act[3]);
+        const uint32_t r0 = *reinterpret_cast<const uint32_t*>(&p01), r1 = *reinterpret_cast<const uint32_t*>(&p23);
+        const uint32_t mine = sel.hi ? r1 : r0;
+        const uint32_t other = __shfl_xor_sync(0xffffffffu, sel.hi ? r0 : r1, 2);
+        const uint32_t keep = __byte_perm(mine, other, sel.keep);
+        const uint32_t received = __shfl_xor_sync(0xffffffffu, __byte_perm(mine, other, sel.send), 1);
+        *reinterpret_cast<uint2*>(a_at[v1] + 16 * t) =
+            make_uint2(__byte_perm(keep, received, sel.w0), __byte_perm(keep, received, sel.w1));
       }
     }
     Store::commit(p.tma_h, ss, work.row_start + m0, work.n_block, p.num_rows, n_total, consumer_thread);

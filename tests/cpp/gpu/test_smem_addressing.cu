@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "gemm/epilogue_store.cuh"
+#include "gemm/epilogue_swiglu.cuh"
 #include "gemm/mainloop_sm90_cpasync_varlen_k.cuh"
 #include "gemm/mainloop_sm90_tma_gather.cuh"
 #include "gemm/tile_config.h"
@@ -145,8 +146,7 @@ void check_fragment_layout() {
     ASSERT_EQ(int(size(coords)), Cfg::kTileN / 2) << "m64 x kTileN fragment: kTileN/2 values per thread";
     const int r0 = get<0>(coords(0)), c0 = get<1>(coords(0));
     ASSERT_LT(r0 % 16, 8);
-    ASSERT_LT(c0, 8);
-    ASSERT_EQ(c0 % 2, 0);
+    ASSERT_EQ(c0, 2 * (t % 4)) << "the lanes of a quad hold one row's columns (QuadTranspose)";
     // EpilogueWeightGradTransposed pairs rows through lane ^ 4: the same columns, row ^ 1.
     auto partner = tiled_mma.get_thread_slice(t ^ 4).partition_C(
         make_identity_tensor(Shape<Int<Cfg::kTileM>, Int<Cfg::kTileN>>{}));
@@ -163,6 +163,40 @@ TEST(SmemAddressing, AccumulatorFragmentLayout) {
   check_fragment_layout<UpProjTile, cute::GMMA::Major::K>();
   check_fragment_layout<WeightGradTile, cute::GMMA::Major::K>();
   check_fragment_layout<DownProjActGradTile, cute::GMMA::Major::MN>();
+}
+
+// QuadTranspose (the up-proj epilogue's A store) emulated for the 4 lanes of a quad: __byte_perm
+// and the two shuffles by hand. Lane p starts with the bf16 values e(p, jj) (A column p + 4 jj of
+// a 16-column group) and must end with columns 4q .. 4q+3, i.e. e(0, q), e(1, q), e(2, q), e(3, q).
+uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t sel) {
+  const uint64_t bytes = uint64_t(a) | uint64_t(b) << 32;
+  uint32_t out = 0;
+  for (int i = 0; i < 4; ++i) out |= uint32_t((bytes >> (8 * ((sel >> (4 * i)) & 7))) & 0xff) << (8 * i);
+  return out;
+}
+
+TEST(SmemAddressing, QuadTransposeGivesEachLaneFourConsecutiveColumns) {
+  auto e = [](int lane, int jj) { return uint32_t(0x1000 * (lane + 1) + 0x10 * (jj + 1)); };  // distinct 16-bit
+  uint32_t mine[4], sent[4], other[4], keep[4], sent2[4], received[4];
+  for (int q = 0; q < 4; ++q) {
+    const auto sel = QuadTranspose::selectors(q);
+    const uint32_t r0 = e(q, 0) | e(q, 1) << 16, r1 = e(q, 2) | e(q, 3) << 16;
+    mine[q] = sel.hi ? r1 : r0;
+    sent[q] = sel.hi ? r0 : r1;
+  }
+  for (int q = 0; q < 4; ++q) other[q] = sent[q ^ 2];
+  for (int q = 0; q < 4; ++q) {
+    const auto sel = QuadTranspose::selectors(q);
+    keep[q] = byte_perm(mine[q], other[q], sel.keep);
+    sent2[q] = byte_perm(mine[q], other[q], sel.send);
+  }
+  for (int q = 0; q < 4; ++q) received[q] = sent2[q ^ 1];
+  for (int q = 0; q < 4; ++q) {
+    const auto sel = QuadTranspose::selectors(q);
+    const uint32_t w0 = byte_perm(keep[q], received[q], sel.w0), w1 = byte_perm(keep[q], received[q], sel.w1);
+    EXPECT_EQ(w0, e(0, q) | e(1, q) << 16) << "lane " << q;
+    EXPECT_EQ(w1, e(2, q) | e(3, q) << 16) << "lane " << q;
+  }
 }
 
 }  // namespace
