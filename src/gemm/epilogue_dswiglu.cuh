@@ -62,22 +62,6 @@ struct EpilogueDSwiGLU {
   __device__ static void prefetch(Params const&) {}
   __device__ static void finish(int) {}
 
-  // Before the tile's mainloop: one bulk L2 prefetch per H row of the tile (its 2 * kTileN
-  // columns, 1 KiB), so that the epilogue's batches of H loads find H in L2 instead of HBM (H was
-  // written by the forward and is read once here). Each warpgroup's epilogue waits for its 4
-  // batches one after the other, and in ping-pong an epilogue longer than the other warpgroup's
-  // mainloop leaves the tensor cores idle.
-  template <int kTileM, int kTileN>
-  __device__ static void prefetch_tile(Params const& p, WorkTile const& work, int n_total, int consumer_thread) {
-    const int local = work.m_block * kTileM + consumer_thread;
-    const int c0 = work.n_block * kTileN;
-    if (consumer_thread < kTileM && local < work.rows && c0 < n_total) {
-      const __nv_bfloat16* row = p.h + (int64_t(work.row_start) + local) * 2 * p.n + 2 * c0;
-      const uint32_t bytes = uint32_t(min(kTileN, n_total - c0)) * 2u * uint32_t(sizeof(__nv_bfloat16));
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(row), "r"(bytes) : "memory");
-    }
-  }
-
   template <int kTileM, int kTileN, class Accum, class Coords>
   __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
                                int n_total, SharedStorage&, int /*consumer_thread*/) {

@@ -19,9 +19,7 @@
 //   apply<kTileM, kTileN>(params, accum, coords, work, n_total, shared_storage, consumer_thread)
 //   and optionally init_accumulators<kTileN>(params, accum, coords, work, n_total), which writes
 //   the tile's starting accumulator values (its bias, or zero) before the k-loop; without it the
-//   accumulators start at zero; and optionally prefetch_tile<kTileM, kTileN>(params, work,
-//   n_total, consumer_thread), called before the tile's mainloop. `coords` gives each
-//   accumulator's (row, col) inside the tile.
+//   accumulators start at zero. `coords` gives each accumulator's (row, col) inside the tile.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -107,14 +105,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         phase ^= uint32_t(next / Cfg::kStages) & 1u;
         stage = next % Cfg::kStages;
         continue;
-      }
-      // An epilogue that reads global memory (dH reads H) may start pulling its tile's inputs
-      // towards L2 now, a whole mainloop ahead of its loads.
-      if constexpr (requires {
-                      Epilogue::template prefetch_tile<Cfg::kTileM, Cfg::kTileN>(params.epilogue, work, ml.n,
-                                                                                 consumer_thread);
-                    }) {
-        Epilogue::template prefetch_tile<Cfg::kTileM, Cfg::kTileN>(params.epilogue, work, ml.n, consumer_thread);
       }
       // Ping-pong: the mainloops of the two warpgroups run in tile order, one after the other.
       // Barrier waits match phases by parity only, so a warpgroup that started on its tile's
