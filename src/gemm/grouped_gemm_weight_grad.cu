@@ -17,7 +17,7 @@ namespace {
 using Cfg = gemm::WeightGradTile;
 // Both gather their left operand (dW2: dO; dW1, computed transposed as xᵀ·dH: x) 128 wide by
 // cp.async; the right one comes by TMA. One mainloop for both.
-using Mainloop = gemm::MainloopSm90CpAsyncVarlenK<Cfg, /*kGatherLeft=*/true>;
+using Mainloop = gemm::MainloopSm90CpAsyncVarlenK<Cfg>;
 using Element = Mainloop::Element;
 
 }  // namespace

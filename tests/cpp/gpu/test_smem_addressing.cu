@@ -97,12 +97,9 @@ void check_gather_k_copy() {
 }
 
 TEST(SmemAddressing, GatherKProducerMatchesCuteLayout) {
-  using DW2 = MainloopSm90CpAsyncVarlenK<WeightGradTile, /*kGatherLeft=*/true>;
-  using DW1 = MainloopSm90CpAsyncVarlenK<WeightGradTile, /*kGatherLeft=*/false>;
-  check_gather_k_copy<DW2, DW2::kTileM, typename DW2::SmemLayoutA>();  // dW2's gathered dO
-  check_gather_k_copy<DW2, DW2::kTileN, typename DW2::SmemLayoutB>();  // its contiguous tail tile
-  check_gather_k_copy<DW1, DW1::kTileN, typename DW1::SmemLayoutB>();  // dW1's gathered x
-  check_gather_k_copy<DW1, DW1::kTileM, typename DW1::SmemLayoutA>();  // its contiguous tail tile
+  using WeightGrad = MainloopSm90CpAsyncVarlenK<WeightGradTile>;  // dW2 and dW1
+  check_gather_k_copy<WeightGrad, WeightGrad::kTileM, typename WeightGrad::SmemLayoutA>();  // gathered dO or x
+  check_gather_k_copy<WeightGrad, WeightGrad::kTileN, typename WeightGrad::SmemLayoutB>();  // contiguous tail tile
 }
 
 // TMA-store epilogue staging: the thread whose fragment starts at (m_base, c_base) writes the
