@@ -39,7 +39,8 @@ struct EpilogueDSwiGLU {
   // compiler may not move a load of H above a store to grad_h (the pointers could alias), so the
   // PTX alternated ld/st strictly and each thread waited 64 full memory round trips per tile —
   // dH ran at 209-220 TFLOPS (H200, 7B n=256) while every other role ran at 370-530.
-  // 16 pairs = 32 registers next to the 128 accumulators (0 spilled; 32 pairs spilled 148 B).
+  // 16 pairs = 32 registers next to the 128 accumulators (0 spilled; 32 pairs spill: 148 B in the
+  // first version, 24 B with the per-row addresses).
   // The batch's loads are inline asm (volatile, memory clobber): with plain conditional __ldg
   // the compiler sank each load into its pair's `if` block, after the previous pair's stores, and
   // the round trips were serialized again (ncu: long-scoreboard stalls on the first use of
