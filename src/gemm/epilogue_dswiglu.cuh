@@ -41,11 +41,13 @@ struct EpilogueDSwiGLU {
   // dH ran at 209-220 TFLOPS (H200, 7B n=256) while every other role ran at 370-530.
   // 16 pairs = 32 registers next to the 128 accumulators (0 spilled; 32 pairs spill: 148 B in the
   // first version, 24 B with the per-row addresses).
-  // The batch's loads are inline asm (volatile, memory clobber): with plain conditional __ldg
-  // the compiler sank each load into its pair's `if` block, after the previous pair's stores, and
-  // the round trips were serialized again (ncu: long-scoreboard stalls on the first use of
-  // every load; dH 316 -> 288 TFLOPS at 7B n=256). Predicated: lanes whose pair is outside the
-  // expert's rows or outside N issue no load and read (0, 0).
+  // The batch's loads are coherent `ld.global` in inline asm (volatile, memory clobber). With
+  // __ldg (ld.global.nc, which ptxas may move past any store) each load was sunk to its use,
+  // behind the previous pair's stores, even when the PTX had the batch in order: the round trips
+  // were serialized again (ncu: long-scoreboard stalls on the first use of every load; dH 316 ->
+  // 288 TFLOPS at 7B n=256). A coherent load may not pass a store that could alias it, so the
+  // batch stays ahead of its stores. Predicated: lanes whose pair is outside the expert's rows or
+  // outside N issue no load and read (0, 0).
   static constexpr int kLoadBatch = 16;
 
   __device__ static uint2 load_h_pair(const uint2* at, bool pred) {
