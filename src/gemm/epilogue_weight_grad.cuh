@@ -14,15 +14,20 @@
 
 namespace sonicmoe::gemm {
 
-struct EpilogueWeightGrad {
+// What both weight-gradient stores share: the gradient tensor and the extent of the tile's M
+// side (the GEMM's n is the skeleton's n_total); no shared memory, nothing to prefetch or finish.
+struct WeightGradStoreBase {
   struct Params {
-    __nv_bfloat16* out;  // [E, m, n]
-    int m;               // rows of each expert's gradient
+    __nv_bfloat16* out;  // [E, m, n] (EpilogueWeightGrad) or [E, n, m] (transposed)
+    int m;               // the tile's M extent: rows (or, transposed, columns) of each expert's gradient
   };
 
   struct SharedStorage {};
   __device__ static void prefetch(Params const&) {}
   __device__ static void finish(int) {}
+};
+
+struct EpilogueWeightGrad : WeightGradStoreBase {
 
   template <int kTileM, int kTileN, class Accum, class Coords>
   __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, VarlenKWorkTile const& work,
@@ -47,15 +52,7 @@ struct EpilogueWeightGrad {
 // the accumulator fragment (rows r0 and r0 ^ 1, checked on the host in test_smem_addressing.cu), so
 // one shuffle per pair lets every thread store a bf16x2 word of out: the thread with the even row
 // takes column n of both rows, its partner column n + 1.
-struct EpilogueWeightGradTransposed {
-  struct Params {
-    __nv_bfloat16* out;  // [E, n, m]
-    int m;               // columns of each expert's gradient (the tile's M extent)
-  };
-
-  struct SharedStorage {};
-  __device__ static void prefetch(Params const&) {}
-  __device__ static void finish(int) {}
+struct EpilogueWeightGradTransposed : WeightGradStoreBase {
 
   template <int kTileM, int kTileN, class Accum, class Coords>
   __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, VarlenKWorkTile const& work,
