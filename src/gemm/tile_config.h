@@ -38,24 +38,31 @@ namespace sonicmoe::gemm {
 // ptxas -v reports "168 registers" (the launch-bounds figure, 65536/384), but it allocates each
 // side of setmaxnreg to its own count: the consumer code of the dH kernel uses up to R203
 // (scripts/sass.sh), and the producer must fit in 56 (it spilled when it did not).
-template <int kStagesT>
-struct TileConfig128x256 {
-  static constexpr int kTileM = 128;
+//
+// Both schedules share one shape of the CTA (a producer warpgroup and two consumer warpgroups,
+// N = 256, K = 64 per stage); they differ in how many warpgroups share a tile.
+template <bool kPingPongT, int kStagesT>
+struct TileConfigSm90 {
+  static constexpr bool kPingPong = kPingPongT;
+  static constexpr int kMmaWarpgroups = kPingPong ? 1 : 2;  // warpgroups sharing one tile
+  static constexpr int kTileM = 64 * kMmaWarpgroups;        // one m64 wgmma row block each
   static constexpr int kTileN = 256;
   static constexpr int kTileK = 64;  // one 128-byte swizzle atom of bf16 along K
   static constexpr int kStages = kStagesT;
   static constexpr int kConsumerWarpgroups = 2;
-  static constexpr int kMmaWarpgroups = 2;   // warpgroups sharing one tile (cooperative)
-  static constexpr bool kPingPong = false;
   static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
   static constexpr int kProducerRegisters = 56;
   static constexpr int kConsumerRegisters = 224;
   // cp.async gather of A: 16-byte chunks, 8 per 64-element row slice; 128 producer threads
-  // cover 16 rows per pass, 8 passes per 128-row tile.
+  // cover 16 rows per pass, kTileM / 16 passes per tile.
   static constexpr int kChunksPerRow = kTileK / 8;
   static constexpr int kRowsPerPass = 128 / kChunksPerRow;
   static constexpr int kPasses = kTileM / kRowsPerPass;
 };
+
+// Cooperative: the two consumer warpgroups split one 128 x 256 tile along M.
+template <int kStagesT>
+using TileConfig128x256 = TileConfigSm90<false, kStagesT>;
 
 // Ping-pong: each consumer warpgroup owns a whole 64 x 256 tile (wgmma m64n256k16, the same 128
 // accumulators per thread as above) and the two take alternate tiles of the CTA's sequence, so
@@ -66,21 +73,7 @@ struct TileConfig128x256 {
 // B is loaded once per 64 rows instead of 128: twice the L2 -> SM traffic of the cooperative tile
 // for the weight operand.
 template <int kStagesT>
-struct TileConfigPingPong64x256 {
-  static constexpr int kTileM = 64;
-  static constexpr int kTileN = 256;
-  static constexpr int kTileK = 64;
-  static constexpr int kStages = kStagesT;
-  static constexpr int kConsumerWarpgroups = 2;
-  static constexpr int kMmaWarpgroups = 1;
-  static constexpr bool kPingPong = true;
-  static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
-  static constexpr int kProducerRegisters = 56;
-  static constexpr int kConsumerRegisters = 224;
-  static constexpr int kChunksPerRow = kTileK / 8;
-  static constexpr int kRowsPerPass = 128 / kChunksPerRow;
-  static constexpr int kPasses = kTileM / kRowsPerPass;
-};
+using TileConfigPingPong64x256 = TileConfigSm90<true, kStagesT>;
 
 // The configuration each role uses today.
 using UpProjTile = TileConfig128x256<3>;
