@@ -29,8 +29,11 @@ Status validate(const DownProjParams& p) {
 
 Status grouped_gemm_down_proj(const DownProjParams& p, cudaStream_t stream) {
   SONICMOE_RETURN_IF_ERROR(validate(p));
+  // Nothing routed: nothing to write, and no TMA descriptor over a 0-row tensor (the driver
+  // refuses one).
+  if (p.num_rows == 0) return Status();
   using Cfg = gemm::DownProjTile;
-  using Mainloop = gemm::MainloopSm90TmaGather<Cfg>;
+  using Mainloop = gemm::MainloopSm90TmaGather<Cfg, cute::GMMA::Major::K, gemm::ASource::kTma>;
   using Epilogue = gemm::EpilogueStoreTma<Cfg>;
   using Element = typename Mainloop::Element;
   const int n_total = int(p.hidden);
@@ -44,7 +47,8 @@ Status grouped_gemm_down_proj(const DownProjParams& p, cudaStream_t stream) {
                    .a_rows = p.num_rows,
                    .n = n_total,
                    .k = k,
-                   .num_experts = int(p.num_experts)},
+                   .num_experts = int(p.num_experts),
+                   .tma_a = Mainloop::make_tma_a(reinterpret_cast<const Element*>(p.a), int(p.num_rows), k, p.intermediate)},
       .epilogue = {.tma_d = Epilogue::make_tma_d(reinterpret_cast<Element*>(p.y), int(p.num_rows), n_total),
                    .d = reinterpret_cast<__nv_bfloat16*>(p.y),
                    .bias = reinterpret_cast<const __nv_bfloat16*>(p.b2),
