@@ -1,7 +1,6 @@
 // src/gemm/grouped_gemm_down_proj.cu — role 2, down-projection forward: Y = A_e · W2_eᵀ (+b2)
-// over contiguous grouped rows of A. First version: A comes through the same cp.async path as
-// the gathered roles with identity rows (a TMA load of A is a later speed step); B by TMA; plain
-// bf16 store of Y (TMA store for tiles inside an expert).
+// over contiguous grouped rows of A. A and B by TMA (ASource::kTma); plain bf16 store of Y (TMA
+// store for tiles inside an expert).
 #include <cuda_bf16.h>
 
 #include "gemm/epilogue_store.cuh"

@@ -1,6 +1,6 @@
 // src/gemm/grouped_gemm_up_proj_input_grad.cu — role 6, dX̃ = dH_e · W1_e over contiguous
 // grouped rows of dH. B = W1 [E, 2n, d] is N-major for this GEMM (TMA + MN-major wgmma operand);
-// A = dH through the cp.async path with identity rows; bf16 store (TMA store for tiles inside an expert).
+// A = dH by TMA (ASource::kTma); bf16 store (TMA store for tiles inside an expert).
 #include <cuda_bf16.h>
 
 #include "gemm/epilogue_store.cuh"

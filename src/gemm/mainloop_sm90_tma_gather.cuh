@@ -11,12 +11,12 @@
 // thread arms the full barrier with the A and B bytes, and the other producer warps have nothing
 // to do.
 //
-// Producer (warpgroup 0, 128 threads): per stage, thread 0 arms the stage's full barrier with the
-// B bytes (arrive-expect-tx) and issues the TMA; every producer thread issues its 8 16-byte
-// cp.async copies of A and commits them with cp.async.mbarrier.arrive.noinc, so the full barrier
-// (arrival count 1 + 128) completes only when the TMA bytes and all A copies have landed. Rows
-// past the expert's end and K columns past K are zero-filled (cp.async src-size 0; TMA
-// out-of-bounds fill), so tails of any length add nothing to the accumulators.
+// Producer, ASource::kGather (warpgroup 0, 128 threads): per stage, thread 0 arms the stage's
+// full barrier with the B bytes (arrive-expect-tx) and issues the TMA; every producer thread
+// issues its 8 16-byte cp.async copies of A and commits them with cp.async.mbarrier.arrive.noinc,
+// so the full barrier (arrival count 1 + 128) completes only when the TMA bytes and all A copies
+// have landed. Rows past the expert's end and K columns past K are zero-filled (cp.async
+// src-size 0; TMA out-of-bounds fill), so tails of any length add nothing to the accumulators.
 //
 // Consumers (warpgroups 1..2): wait for the full barrier, issue the k-tile's wgmmas, and release
 // the previous k-tile's stage on its empty barrier once its wgmmas retired (one arrival per
