@@ -160,9 +160,12 @@ void run_up_proj(const UpProjCase& c) {
 
 // Rows [offsets[e], offsets[e+1]) of a row-major matrix with `width` columns: filled with NaN
 // (inputs), or zeroed before a comparison (the expert's own results are NaN by construction).
-// Down-proj and dX̃ read their contiguous A rows in whole 128-row boxes: a tile of expert e - 1
-// that ends inside its box reads expert e's rows too. Those rows may only reach output rows that
-// are never stored, so NaN in expert e must leave every other expert's result intact.
+// Down-proj and dX̃ may read their contiguous A rows in whole 128-row boxes: a tile of expert
+// e - 1 that ends inside its box then reads expert e's rows too. NaN there must leave every other
+// expert's result intact (it would not if anything mixed rows: a wrong box origin, a reduction
+// across rows). What the test cannot see: a store of those rows by the wrong tile lands in expert
+// e's own rows, which it leaves out; that the epilogues store only rows inside the tile's expert
+// is checked numerically by the EdgeExpertSizes tests (wrong weights give wrong values).
 template <class T>
 void fill_expert_rows(std::vector<T>& m, const std::vector<int32_t>& offsets, int e, int64_t width, T value) {
   if (e < 0) return;
