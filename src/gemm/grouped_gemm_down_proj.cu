@@ -1,7 +1,6 @@
 // src/gemm/grouped_gemm_down_proj.cu — role 2, down-projection forward: Y = A_e · W2_eᵀ (+b2)
-// over contiguous grouped rows of A. First version: A comes through the same cp.async path as
-// the gathered roles with identity rows (a TMA load of A is a later speed step); B by TMA; plain
-// bf16 store of Y (TMA store for tiles inside an expert).
+// over contiguous grouped rows of A. A and B by TMA (ASource::kTma); plain bf16 store of Y (TMA
+// store for tiles inside an expert).
 #include <cuda_bf16.h>
 
 #include "gemm/epilogue_store.cuh"
@@ -29,8 +28,11 @@ Status validate(const DownProjParams& p) {
 
 Status grouped_gemm_down_proj(const DownProjParams& p, cudaStream_t stream) {
   SONICMOE_RETURN_IF_ERROR(validate(p));
+  // Nothing routed: nothing to write, and no TMA descriptor over a 0-row tensor (the driver
+  // refuses one).
+  if (p.num_rows == 0) return Status();
   using Cfg = gemm::DownProjTile;
-  using Mainloop = gemm::MainloopSm90TmaGather<Cfg>;
+  using Mainloop = gemm::MainloopSm90TmaGather<Cfg, cute::GMMA::Major::K, gemm::ASource::kTma>;
   using Epilogue = gemm::EpilogueStoreTma<Cfg>;
   using Element = typename Mainloop::Element;
   const int n_total = int(p.hidden);
@@ -44,7 +46,8 @@ Status grouped_gemm_down_proj(const DownProjParams& p, cudaStream_t stream) {
                    .a_rows = p.num_rows,
                    .n = n_total,
                    .k = k,
-                   .num_experts = int(p.num_experts)},
+                   .num_experts = int(p.num_experts),
+                   .tma_a = Mainloop::make_tma_a(reinterpret_cast<const Element*>(p.a), int(p.num_rows), k, p.intermediate)},
       .epilogue = {.tma_d = Epilogue::make_tma_d(reinterpret_cast<Element*>(p.y), int(p.num_rows), n_total),
                    .d = reinterpret_cast<__nv_bfloat16*>(p.y),
                    .bias = reinterpret_cast<const __nv_bfloat16*>(p.b2),

@@ -33,6 +33,9 @@ Status validate(const UpProjParams& p) {
 
 Status grouped_gemm_up_proj(const UpProjParams& p, cudaStream_t stream) {
   SONICMOE_RETURN_IF_ERROR(validate(p));
+  // Nothing routed: nothing to write, and no TMA descriptor over a 0-row tensor (the driver
+  // refuses one).
+  if (p.num_rows == 0) return Status();
   using Cfg = gemm::UpProjTile;
   using Mainloop = gemm::MainloopSm90TmaGather<Cfg>;
   using Epilogue = gemm::EpilogueSwiGLUTma<Cfg>;

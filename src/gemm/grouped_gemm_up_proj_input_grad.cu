@@ -1,6 +1,6 @@
 // src/gemm/grouped_gemm_up_proj_input_grad.cu — role 6, dX̃ = dH_e · W1_e over contiguous
 // grouped rows of dH. B = W1 [E, 2n, d] is N-major for this GEMM (TMA + MN-major wgmma operand);
-// A = dH through the cp.async path with identity rows; bf16 store (TMA store for tiles inside an expert).
+// A = dH by TMA (ASource::kTma); bf16 store (TMA store for tiles inside an expert).
 #include <cuda_bf16.h>
 
 #include "gemm/epilogue_store.cuh"
@@ -27,8 +27,11 @@ Status validate(const UpProjInputGradParams& p) {
 
 Status grouped_gemm_up_proj_input_grad(const UpProjInputGradParams& p, cudaStream_t stream) {
   SONICMOE_RETURN_IF_ERROR(validate(p));
+  // Nothing routed: nothing to write, and no TMA descriptor over a 0-row tensor (the driver
+  // refuses one).
+  if (p.num_rows == 0) return Status();
   using Cfg = gemm::UpProjInputGradTile;
-  using Mainloop = gemm::MainloopSm90TmaGather<Cfg, cute::GMMA::Major::MN>;
+  using Mainloop = gemm::MainloopSm90TmaGather<Cfg, cute::GMMA::Major::MN, gemm::ASource::kTma>;
   using Epilogue = gemm::EpilogueStoreTma<Cfg>;
   using Element = typename Mainloop::Element;
   const int n_total = int(p.hidden);
@@ -42,7 +45,8 @@ Status grouped_gemm_up_proj_input_grad(const UpProjInputGradParams& p, cudaStrea
                    .a_rows = p.num_rows,
                    .n = n_total,
                    .k = k,
-                   .num_experts = int(p.num_experts)},
+                   .num_experts = int(p.num_experts),
+                   .tma_a = Mainloop::make_tma_a(reinterpret_cast<const Element*>(p.dh), int(p.num_rows), k, 2 * p.intermediate)},
       .epilogue = {.tma_d = Epilogue::make_tma_d(reinterpret_cast<Element*>(p.dx_rows), int(p.num_rows), n_total),
                    .d = reinterpret_cast<__nv_bfloat16*>(p.dx_rows),
                    .bias = nullptr,

@@ -1,13 +1,22 @@
 // src/gemm/mainloop_sm90_tma_gather.cuh — the sm_90a mainloop of the grouped GEMM skeleton:
-// A rows gathered by cp.async (through an index array, or the identity for contiguous grouped
-// rows), B (the expert's weight, [E, N, K] K-major) by TMA, wgmma on both from shared memory.
+// A rows gathered by cp.async through an index array (ASource::kGather), or contiguous grouped
+// rows by TMA (ASource::kTma); B (the expert's weight, [E, N, K] K- or MN-major) by TMA; wgmma on
+// both from shared memory.
 //
-// Producer (warpgroup 0, 128 threads): per stage, thread 0 arms the stage's full barrier with the
-// B bytes (arrive-expect-tx) and issues the TMA; every producer thread issues its 8 16-byte
-// cp.async copies of A and commits them with cp.async.mbarrier.arrive.noinc, so the full barrier
-// (arrival count 1 + 128) completes only when the TMA bytes and all A copies have landed. Rows
-// past the expert's end and K columns past K are zero-filled (cp.async src-size 0; TMA
-// out-of-bounds fill), so tails of any length add nothing to the accumulators.
+// ASource::kTma (down-proj, dX̃: A is [TK, K] in grouped order): one TMA box of kTileM rows from
+// the tile's first grouped row. A box that runs past the expert's last row reads the next
+// expert's rows (or zeros past TK): those rows only produce output rows past the expert's end,
+// which the epilogues never store (each output row depends on its own A row alone), so unlike
+// varlen K nothing leaks into a stored result. The whole stage then comes by TMA: one producer
+// thread arms the full barrier with the A and B bytes, and the other producer warps have nothing
+// to do.
+//
+// Producer, ASource::kGather (warpgroup 0, 128 threads): per stage, thread 0 arms the stage's
+// full barrier with the B bytes (arrive-expect-tx) and issues the TMA; every producer thread
+// issues its 8 16-byte cp.async copies of A and commits them with cp.async.mbarrier.arrive.noinc,
+// so the full barrier (arrival count 1 + 128) completes only when the TMA bytes and all A copies
+// have landed. Rows past the expert's end and K columns past K are zero-filled (cp.async
+// src-size 0; TMA out-of-bounds fill), so tails of any length add nothing to the accumulators.
 //
 // Consumers (warpgroups 1..2): wait for the full barrier, issue the k-tile's wgmmas, and release
 // the previous k-tile's stage on its empty barrier once its wgmmas retired (one arrival per
@@ -24,11 +33,13 @@
 
 namespace sonicmoe::gemm {
 
+enum class ASource { kGather, kTma };
+
 // kMajorB: how the weight is stored. K-major: [E, N, K] with K contiguous (the forward roles:
 // W1 for up-proj, W2 for down-proj). MN-major: [E, K, N] with N contiguous (the backward
 // dX̃ = dH · W1, which reads W1 [E, 2n, d] untransposed). wgmma reads 16-bit MN-major operands
 // from shared memory natively, so only the smem atom, the TMA view and the MMA atom change.
-template <class Cfg, cute::GMMA::Major kMajorB = cute::GMMA::Major::K>
+template <class Cfg, cute::GMMA::Major kMajorB = cute::GMMA::Major::K, ASource kA = ASource::kGather>
 struct MainloopSm90TmaGather {
   using Element = cutlass::bfloat16_t;
   static constexpr int kTileM = Cfg::kTileM;
@@ -89,6 +100,17 @@ struct MainloopSm90TmaGather {
   using TmaB = decltype(make_tma_b(nullptr, 1, 1, 1));
   static constexpr uint32_t kTmaBytesB = uint32_t(kTileN * kTileK * sizeof(Element));
 
+  // ASource::kTma: A [rows, K] K-major as TMA sees it; boxes of kTileM x kTileK.
+  static constexpr bool kTmaA = kA == ASource::kTma;
+  static auto make_tma_a(const Element* a, int rows, int k, int64_t lda) {
+    using namespace cute;
+    auto g = make_tensor(make_gmem_ptr(a), make_layout(make_shape(rows, k), make_stride(lda, _1{})));
+    return make_tma_copy(SM90_TMA_LOAD{}, g, SmemLayoutA{}(_, _, 0), make_shape(TileM{}, TileK{}), Int<1>{});
+  }
+  struct NoTma {};
+  using TmaA = cute::conditional_t<kTmaA, decltype(make_tma_a(nullptr, 1, 8, 8)), NoTma>;
+  static constexpr uint32_t kTmaBytesA = uint32_t(kTileM * kTileK * sizeof(Element));
+
   struct Args {
     TmaB tma_b;
     const Element* a;           // A rows: x [num_tokens, K] (gathered) or A [num_rows, K]
@@ -98,6 +120,7 @@ struct MainloopSm90TmaGather {
     int n;                      // N of the GEMM (rows of each expert's weight)
     int k;                      // K of the GEMM
     int num_experts;
+    TmaA tma_a = {};            // ASource::kTma only: A (make_tma_a over a [a_rows, k])
   };
 
   // The skeleton's hooks (kernel_sm90_grouped.cuh): ragged rows per expert (varlen M), a fixed
@@ -109,7 +132,10 @@ struct MainloopSm90TmaGather {
     return Scheduler(offsets, experts, rows, (args.n + kTileN - 1) / kTileN);
   }
   __device__ static int k_tiles(Args const& args, Work const&) { return (args.k + kTileK - 1) / kTileK; }
-  __device__ static void prefetch(Args const& args) { cute::prefetch_tma_descriptor(args.tma_b.get_tma_descriptor()); }
+  __device__ static void prefetch(Args const& args) {
+    cute::prefetch_tma_descriptor(args.tma_b.get_tma_descriptor());
+    if constexpr (kTmaA) cute::prefetch_tma_descriptor(args.tma_a.get_tma_descriptor());
+  }
   // Upper bound on the tile count for the grid size: each expert owns ceil(rows/kTileM) <=
   // rows/kTileM + 1 m-blocks.
   static int64_t max_tiles(Args const& args, int64_t rows, int64_t experts) {
@@ -118,7 +144,9 @@ struct MainloopSm90TmaGather {
 
   __device__ static void init_barriers(SharedStorage& ss) {
     for (int s = 0; s < kStages; ++s) {
-      cutlass::arch::ClusterTransactionBarrier::init(&ss.full[s], 1 + kProducerThreads);
+      // Gathered A: the TMA thread's arrive-expect-tx plus one cp.async arrival per producer
+      // thread; A by TMA: the TMA thread's alone.
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.full[s], kTmaA ? 1 : 1 + kProducerThreads);
       cutlass::arch::ClusterBarrier::init(&ss.empty[s], kConsumerWarps);
     }
     cutlass::arch::fence_barrier_init();
@@ -156,6 +184,10 @@ struct MainloopSm90TmaGather {
   // waiting for the new tile's first stages (ncu, up-proj: consumers waited on full barriers in
   // 33% of their samples and the producer's gather-index loads were its top stall).
   __device__ static void produce(Args const& args, SharedStorage& ss, Scheduler& sched, int k_tiles) {
+    if constexpr (kTmaA) {
+      produce_tma(args, ss, sched, k_tiles);
+      return;
+    }
     using namespace cute;
     const int t = threadIdx.x % kProducerThreads;
     const int chunk = t % Cfg::kChunksPerRow;
@@ -214,6 +246,44 @@ struct MainloopSm90TmaGather {
     cute::cp_async_wait<0>();
   }
 
+  // ASource::kTma: the producer's first warp walks the tiles (the scheduler works warp-wide) and
+  // its lane 0 issues both TMA copies of every stage; the other producer warps leave.
+  __device__ static void produce_tma(Args const& args, SharedStorage& ss, Scheduler& sched, int k_tiles) {
+    using namespace cute;
+    if ((threadIdx.x % kProducerThreads) / 32 != 0) return;
+    const bool issuer = (threadIdx.x & 31) == 0;
+    Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
+    Tensor sB = make_tensor(make_smem_ptr(ss.b), SmemLayoutB{});
+    Tensor mA = args.tma_a.get_tma_tensor(make_shape(int(args.a_rows), args.k));
+    Tensor mB = args.tma_b.get_tma_tensor(make_shape(args.n, args.k, args.num_experts));
+    Tensor gB = local_tile(mB, Shape<TileM, TileN, TileK>{}, make_coord(_, _, _), Step<X, _1, _1>{});  // (BN,BK,n,k,E)
+    auto [tBgB, tBsB] = tma_partition(args.tma_b, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sB),
+                                      group_modes<0, 2>(gB));  // (TMA,n,k,E), (TMA,stage)
+    int stage = 0;
+    uint32_t phase = 1;  // fresh empty barriers: waiting on parity 1 passes at once
+    for (int tile = blockIdx.x;; tile += gridDim.x) {
+      WorkTile work;
+      if (!sched.find(tile, work)) break;
+      // The tile's rows start at its first grouped row, anywhere in A: shift the origin there.
+      Tensor gA = local_tile(domain_offset(make_coord(work.row_start + work.m_block * kTileM, 0), mA),
+                             Shape<TileM, TileK>{}, make_coord(0, _));  // (BM,BK,k)
+      auto [tAgA, tAsA] = tma_partition(args.tma_a, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sA),
+                                        group_modes<0, 2>(gA));  // (TMA,k), (TMA,stage)
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        cutlass::arch::ClusterBarrier::wait(&ss.empty[stage], phase);
+        if (issuer) {
+          cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.full[stage], kTmaBytesA + kTmaBytesB);
+          copy(args.tma_a.with(ss.full[stage]), tAgA(_, kt), tAsA(_, stage));
+          copy(args.tma_b.with(ss.full[stage]), tBgB(_, work.n_block, kt, work.expert), tBsB(_, stage));
+        }
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+    }
+  }
+
   // Consumer: one output tile's k-loop, accumulating onto `accum`. stage/phase persist across
   // tiles. One k-tile's wgmma batch stays in flight while the next one is issued; a stage is released once
   // the batch that read it has retired (warpgroup_wait<1>).
@@ -235,9 +305,9 @@ struct MainloopSm90TmaGather {
     warpgroup_fence_operand(accum);
     for (int kt = 0; kt < k_tiles; ++kt) {
       cutlass::arch::ClusterTransactionBarrier::wait(&ss.full[stage], phase);
-      // The A bytes were written by cp.async (generic proxy); wgmma reads through the async
-      // proxy. Order them explicitly.
-      cutlass::arch::fence_view_async_shared();
+      // Gathered A was written by cp.async (generic proxy); wgmma reads through the async
+      // proxy. Order them explicitly (TMA writes through the async proxy already).
+      if constexpr (!kTmaA) cutlass::arch::fence_view_async_shared();
       warpgroup_fence_operand(accum);
       warpgroup_arrive();
 #pragma unroll

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -157,11 +158,26 @@ void run_up_proj(const UpProjCase& c) {
   EXPECT_TRUE(gpu_testing::bitwise_equal(a_runs[0], a_runs[1])) << "A differs between two identical launches";
 }
 
+// Rows [offsets[e], offsets[e+1]) of a row-major matrix with `width` columns: filled with NaN
+// (inputs), or zeroed before a comparison (the expert's own results are NaN by construction).
+// Down-proj and dX̃ may read their contiguous A rows in whole 128-row boxes: a tile of expert
+// e - 1 that ends inside its box then reads expert e's rows too. NaN there must leave every other
+// expert's result intact (it would not if anything mixed rows: a wrong box origin, a reduction
+// across rows). What the test cannot see: a store of those rows by the wrong tile lands in expert
+// e's own rows, which it leaves out; that the epilogues store only rows inside the tile's expert
+// is checked numerically by the EdgeExpertSizes tests (wrong weights give wrong values).
+template <class T>
+void fill_expert_rows(std::vector<T>& m, const std::vector<int32_t>& offsets, int e, int64_t width, T value) {
+  if (e < 0) return;
+  std::fill(m.begin() + offsets[e] * width, m.begin() + offsets[e + 1] * width, value);
+}
+
 struct DownProjCase {
   const char* name;
   std::vector<int> counts;
   int64_t hidden, intermediate;
   bool bias;
+  int nan_expert = -1;  // this expert's A rows are NaN (its own outputs are left out of the check)
 };
 
 void run_down_proj(const DownProjCase& c) {
@@ -173,7 +189,8 @@ void run_down_proj(const DownProjCase& c) {
     for (int i = 0; i < c.counts[e]; ++i) expert_of_row.push_back(int32_t(e));
   }
   const int64_t TK = offsets.back();
-  const auto a = gpu_testing::random_bf16(TK * n, 1.0, rng);
+  auto a = gpu_testing::random_bf16(TK * n, 1.0, rng);
+  fill_expert_rows(a, offsets, c.nan_expert, n, bfloat16(std::numeric_limits<float>::quiet_NaN()));
   const auto w2 = gpu_testing::random_bf16(E * d * n, 1.0 / std::sqrt(double(n)), rng);
   const auto b2 = gpu_testing::random_bf16(E * d, 0.5, rng);
 
@@ -218,7 +235,9 @@ void run_down_proj(const DownProjCase& c) {
   }
   std::printf("[%s] TK=%lld d=%lld n=%lld E=%lld bias=%d\n", c.name, (long long)TK, (long long)d, (long long)n,
               (long long)E, int(c.bias));
-  expect_close("Y", {relative_frobenius(to_double(y_runs[0]), y_ref), relative_frobenius(y_naive, y_ref)});
+  auto y_got = to_double(y_runs[0]);
+  for (auto* m : {&y_got, &y_ref, &y_naive}) fill_expert_rows(*m, offsets, c.nan_expert, d, 0.0);
+  expect_close("Y", {relative_frobenius(y_got, y_ref), relative_frobenius(y_naive, y_ref)});
   EXPECT_TRUE(gpu_testing::bitwise_equal(y_runs[0], y_runs[1])) << "Y differs between two identical launches";
 }
 
@@ -226,6 +245,7 @@ struct InputGradCase {
   const char* name;
   std::vector<int> counts;
   int64_t hidden, intermediate;
+  int nan_expert = -1;  // this expert's dH rows are NaN (its own outputs are left out of the check)
 };
 
 // dX̃ = dH_e · W1_e with W1 [E, 2n, d] read untransposed (N-major B operand).
@@ -238,7 +258,8 @@ void run_up_proj_input_grad(const InputGradCase& c) {
     for (int i = 0; i < c.counts[e]; ++i) expert_of_row.push_back(int32_t(e));
   }
   const int64_t TK = offsets.back();
-  const auto dh = gpu_testing::random_bf16(TK * 2 * n, 1.0, rng);
+  auto dh = gpu_testing::random_bf16(TK * 2 * n, 1.0, rng);
+  fill_expert_rows(dh, offsets, c.nan_expert, 2 * n, bfloat16(std::numeric_limits<float>::quiet_NaN()));
   const auto w1 = gpu_testing::random_bf16(E * 2 * n * d, 1.0 / std::sqrt(double(2 * n)), rng);
   DeviceBuffer<bfloat16> ddh(dh), dw1(w1), ddx(TK * d);
   DeviceBuffer<int32_t> doffsets(offsets);
@@ -275,7 +296,9 @@ void run_up_proj_input_grad(const InputGradCase& c) {
     for (int64_t j = 0; j < d; ++j) naive[r * d + j] = double(float(bfloat16(acc[j])));
   }
   std::printf("[%s] TK=%lld d=%lld n=%lld E=%lld\n", c.name, (long long)TK, (long long)d, (long long)n, (long long)E);
-  expect_close("dX~", {relative_frobenius(to_double(runs[0]), ref), relative_frobenius(naive, ref)});
+  auto got = to_double(runs[0]);
+  for (auto* m : {&got, &ref, &naive}) fill_expert_rows(*m, offsets, c.nan_expert, d, 0.0);
+  expect_close("dX~", {relative_frobenius(got, ref), relative_frobenius(naive, ref)});
   EXPECT_TRUE(gpu_testing::bitwise_equal(runs[0], runs[1])) << "dX~ differs between two identical launches";
 }
 
@@ -347,6 +370,20 @@ TEST(GroupedGemmDownProj, SkewedSeveralTilesBias) {
   SONICMOE_SKIP_WITHOUT_HOPPER();
   // d = 648: three N tiles, the last partial; n = 264: five k-tiles, the last partial.
   run_down_proj({"down skewed d=648 n=264", skewed_counts(16, 2000, seed_for_test() + 7), 648, 264, true});
+}
+
+// Expert 1 (1 row) and expert 2 (127 rows) end inside their 128-row boxes, which then read
+// expert 2's and expert 3's rows: NaN there must not reach expert 1's or 2's stored rows.
+TEST(GroupedGemmDownProj, NeighbourExpertNaNStaysOut) {
+  SONICMOE_SKIP_WITHOUT_HOPPER();
+  run_down_proj({"down NaN in expert 2", kEdgeCounts, 200, 72, true, /*nan_expert=*/2});
+  run_down_proj({"down NaN in expert 3", kEdgeCounts, 200, 72, true, /*nan_expert=*/3});
+}
+
+TEST(GroupedGemmUpProjInputGrad, NeighbourExpertNaNStaysOut) {
+  SONICMOE_SKIP_WITHOUT_HOPPER();
+  run_up_proj_input_grad({"dx NaN in expert 2", kEdgeCounts, 200, 72, /*nan_expert=*/2});
+  run_up_proj_input_grad({"dx NaN in expert 3", kEdgeCounts, 200, 72, /*nan_expert=*/3});
 }
 
 TEST(GroupedGemmUpProjInputGrad, EdgeExpertSizesTails) {
