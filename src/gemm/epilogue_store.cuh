@@ -115,55 +115,44 @@ struct TmaTileStore {
     cutlass::arch::NamedBarrier::sync(kConsumerThreads, 0);
   }
 
-  // packed[2*j + v1] holds the bf16 pair at tile coordinates (m_base + 8*v1, c_base + 8*j).
-  // The m64nNk16 accumulator fragment is ((2 columns, 2 row halves, N/8 column blocks)), so value
-  // i = v0 + 2*v1 + 4*j sits there, with c_base < 8: block j has 16-byte chunk j % 8 and slab j / 8.
-  // The layout written out (byte addresses checked against the CuTe tensor on the host):
-  // 64-column slabs of kTileM rows, 128-byte rows, chunk index XOR (row % 8). Writing through a
-  // CuTe tensor with fp32 values live made ptxas keep the swizzled addresses and spill.
-  // Shared address of the bf16 pair at tile coordinates (m_base + 8*v1, c_base + 8*j) for a
-  // thread's fragment origin (m_base, c_base < 8) in the tile at `tile` (1024-byte aligned).
-  // Host-callable: tests/cpp/gpu/test_smem_addressing.cu checks it against SmemLayout.
-  CUTE_HOST_DEVICE static constexpr uint32_t pair_address(uint32_t tile, int m_base, int c_base, int v1, int j) {
-    // Bits 4..6 (the 16-byte chunk) of the row base are zero: XOR places the chunk.
-    const uint32_t row_base = tile + 2u * uint32_t((m_base + 8 * v1) * 64 + c_base);
-    return (row_base ^ uint32_t(((j & 7) ^ (m_base & 7)) << 4)) + uint32_t((j >> 3) * kTileM * 64 * 2);
-  }
-
-  __device__ static void write(SharedStorage& ss, const uint32_t (&packed)[kPacked], int m_base, int c_base) {
-    const uint32_t smem_base = cute::cast_smem_ptr_to_uint(ss.d);
-#pragma unroll
-    for (int v1 = 0; v1 < 2; ++v1) {
-#pragma unroll
-      for (int j = 0; j < kTileN / 8; ++j) {
-        const uint32_t addr = pair_address(smem_base, m_base, c_base, v1, j);
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(packed[2 * j + v1]) : "memory");
-      }
+  // The accumulator fragment, in bf16 pairs: pair (v1, j) of a thread sits at tile coordinates
+  // (m_base + 8*v1, c_base + 8*j), with m_base = warp_row0 + lane/4 (warp_row0: the warp's first
+  // row, a multiple of 16) and c_base = 2*(lane%4). Across the warp, pair (v1, j) is exactly the
+  // fragment of one 8x8 bf16 matrix (rows warp_row0 + 8*v1 .., columns 8*j ..) as stmatrix takes
+  // it, so one stmatrix.x4 writes pairs (0, j), (1, j), (0, j+1), (1, j+1) of every lane: 16
+  // instructions per thread and tile instead of 64 32-bit stores. Lane L gives the address of row
+  // L % 8 of matrix L / 8. The layout written out (byte addresses checked against the CuTe
+  // tensor on the host): 64-column slabs of kTileM rows, 128-byte rows, 16-byte chunk index XOR
+  // (row % 8). Writing through a CuTe tensor with fp32 values live made ptxas keep the swizzled
+  // addresses and spill.
+  struct MatrixWriter {
+    uint32_t lane_base;  // this lane's row of its matrix for j = 0, swizzled
+    // Host-callable, like address(): tests/cpp/gpu/test_smem_addressing.cu checks both.
+    CUTE_HOST_DEVICE static constexpr uint32_t lane_address(uint32_t tile, int warp_row0, int lane) {
+      const int rr = lane % 8, v1 = (lane / 8) & 1, next_j = lane / 16;
+      // Matrix (v1, j + next_j) for even j: its chunk is ((j + next_j) ^ row) % 8 = (j % 8) ^
+      // next_j ^ rr, so the lane's part of the XOR is fixed and j's is a compile-time constant.
+      return (tile + 2u * uint32_t((warp_row0 + 8 * v1 + rr) * 64)) ^ uint32_t((next_j ^ rr) << 4);
     }
-  }
-
-  // The same addressing, one bf16 pair at a time, for epilogues that interleave other work
-  // (SwiGLU) and cannot afford the packed array: two row bases stay live, each store is one XOR
-  // with a compile-time chunk and an immediate slab offset.
-  struct Writer {
-    uint32_t row_base[2];
-    // The swizzled base of row m_base + 8*v1 and the address of its block j (host-callable, like
-    // pair_address, for the test).
-    CUTE_HOST_DEVICE static constexpr uint32_t swizzled_row(uint32_t tile, int m_base, int c_base, int v1) {
-      return (tile + 2u * uint32_t((m_base + 8 * v1) * 64 + c_base)) ^ (uint32_t(m_base & 7) << 4);
+    CUTE_HOST_DEVICE static constexpr uint32_t address(uint32_t lane_base, int j) {  // j even
+      return (lane_base ^ uint32_t((j & 7) << 4)) + uint32_t((j >> 3) * kTileM * 64 * 2);
     }
-    CUTE_HOST_DEVICE static constexpr uint32_t block_address(uint32_t row, int j) {
-      return (row ^ uint32_t((j & 7) << 4)) + uint32_t((j >> 3) * kTileM * 64 * 2);
-    }
-    __device__ Writer(SharedStorage& ss, int m_base, int c_base) {
-      const uint32_t smem_base = cute::cast_smem_ptr_to_uint(ss.d);
-#pragma unroll
-      for (int v1 = 0; v1 < 2; ++v1) row_base[v1] = swizzled_row(smem_base, m_base, c_base, v1);
-    }
-    __device__ void put(int j, int v1, uint32_t word) const {
-      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(block_address(row_base[v1], j)), "r"(word) : "memory");
+    __device__ MatrixWriter(SharedStorage& ss, int m_base)
+        : lane_base(lane_address(cute::cast_smem_ptr_to_uint(ss.d), m_base & ~7, int(threadIdx.x % 32))) {}
+    // pairs (v1 = 0, j), (1, j), (0, j + 1), (1, j + 1); j even.
+    __device__ void put(int j, uint32_t p0j, uint32_t p1j, uint32_t p0k, uint32_t p1k) const {
+      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address(lane_base, j)),
+                   "r"(p0j), "r"(p1j), "r"(p0k), "r"(p1k)
+                   : "memory");
     }
   };
+
+  // packed[2*j + v1]: pair (v1, j) of the thread.
+  __device__ static void write(SharedStorage& ss, const uint32_t (&packed)[kPacked], int m_base) {
+    const MatrixWriter writer(ss, m_base);
+#pragma unroll
+    for (int j = 0; j < kTileN / 8; j += 2) writer.put(j, packed[2 * j], packed[2 * j + 1], packed[2 * j + 2], packed[2 * j + 3]);
+  }
 
   // Stores the tile whose first row is `first_row` of the [num_rows, n_total] tensor.
   __device__ static void commit(Tma const& tma, SharedStorage& ss, int first_row, int n_block, int num_rows,
@@ -223,7 +212,7 @@ struct EpilogueStoreTma {
                                            ss, consumer_thread);
       return;
     }
-    const int m_base = get<0>(coords(0)), c_base = get<1>(coords(0));
+    const int m_base = get<0>(coords(0));
     Store::begin(consumer_thread);
     // Round to bf16 pairs first: 64 packed registers instead of 128 fp32 stay live while the
     // swizzled addresses are formed.
@@ -233,7 +222,7 @@ struct EpilogueStoreTma {
       const __nv_bfloat162 pair = __floats2bfloat162_rn(accum(2 * k), accum(2 * k + 1));
       packed[k] = *reinterpret_cast<const uint32_t*>(&pair);  // k = 2*j + v1
     }
-    Store::write(ss, packed, m_base, c_base);
+    Store::write(ss, packed, m_base);
     Store::commit(p.tma_d, ss, work.row_start + m0, work.n_block, p.num_rows, n_total, consumer_thread);
   }
 };

@@ -152,22 +152,29 @@ struct EpilogueSwiGLUTma {
 #pragma unroll
     for (int v1 = 0; v1 < 2; ++v1)
       a_at[v1] = p.a + (int64_t(work.row_start) + m0 + m_base + 8 * v1) * p.lda + n0 / 2 + 4 * q;
-    const typename Store::Writer writer(ss, m_base, c_base);
+    const typename Store::MatrixWriter writer(ss, m_base);
     // Accumulator pair (j, v1) = values 4j + 2 v1, +1: (gate, up) of A column q + 4j.
 #pragma unroll
     for (int t = 0; t < kTileN / 32; ++t) {
+      uint32_t h_pair[2][4];  // H pairs (v1, j = 4t + jj)
+      float act[2][4];
 #pragma unroll
       for (int v1 = 0; v1 < 2; ++v1) {
-        float act[4];
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) {
-          const int j = 4 * t + jj, i = 4 * j + 2 * v1;
+          const int i = 4 * (4 * t + jj) + 2 * v1;
           const float gate = accum(i), up = accum(i + 1);
           const __nv_bfloat162 pair = __floats2bfloat162_rn(gate, up);
-          writer.put(j, v1, *reinterpret_cast<const uint32_t*>(&pair));
-          act[jj] = EpilogueSwiGLU::silu(gate) * up;
+          h_pair[v1][jj] = *reinterpret_cast<const uint32_t*>(&pair);
+          act[v1][jj] = EpilogueSwiGLU::silu(gate) * up;
         }
-        const __nv_bfloat162 p01 = __floats2bfloat162_rn(act[0], act[1]), p23 = __floats2bfloat162_rn(act[2], act[3]);
+      }
+      writer.put(4 * t, h_pair[0][0], h_pair[1][0], h_pair[0][1], h_pair[1][1]);
+      writer.put(4 * t + 2, h_pair[0][2], h_pair[1][2], h_pair[0][3], h_pair[1][3]);
+#pragma unroll
+      for (int v1 = 0; v1 < 2; ++v1) {
+        const __nv_bfloat162 p01 = __floats2bfloat162_rn(act[v1][0], act[v1][1]);
+        const __nv_bfloat162 p23 = __floats2bfloat162_rn(act[v1][2], act[v1][3]);
         const uint32_t r0 = *reinterpret_cast<const uint32_t*>(&p01), r1 = *reinterpret_cast<const uint32_t*>(&p23);
         const uint32_t mine = sel.hi ? r1 : r0;
         const uint32_t other = __shfl_xor_sync(0xffffffffu, sel.hi ? r0 : r1, 2);

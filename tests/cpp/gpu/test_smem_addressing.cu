@@ -102,24 +102,29 @@ TEST(SmemAddressing, GatherKProducerMatchesCuteLayout) {
   check_gather_k_copy<WeightGrad, WeightGrad::kTileN, typename WeightGrad::SmemLayoutB>();  // contiguous tail tile
 }
 
-// TMA-store epilogue staging: the thread whose fragment starts at (m_base, c_base) writes the
-// pair at (m_base + 8*v1, c_base + 8*j), through write() (pair_address) or Writer (SwiGLU).
+// TMA-store epilogue staging through stmatrix.x4 (TmaTileStore::MatrixWriter), emulated: lane L
+// of a warp gives the address of row L % 8 of matrix L / 8; register i of lane l (pair (v1, jj)
+// = (i % 2, j + i / 2)) lands at that matrix's row l / 4, 4 bytes per lane l % 4 further. Every
+// pair of every warp must land where CuTe's layout puts tile element (warp_row0 + 8*v1 + l/4,
+// 8*jj + 2*(l%4)), and every 4-byte word of the tile must be written exactly once.
 template <class Cfg>
 void check_store_staging() {
   using Store = TmaTileStore<Cfg>;
+  using Writer = typename Store::MatrixWriter;
   Placed<typename Store::SmemLayout> d;
-  for (int m_base = 0; m_base < Cfg::kTileM; m_base += 16)  // each warp's 16-row slice
-    for (int r = 0; r < 8; ++r)
-      for (int c_base = 0; c_base < 8; c_base += 2)
-        for (int v1 = 0; v1 < 2; ++v1) {
-          const uint32_t row = Store::Writer::swizzled_row(0, m_base + r, c_base, v1);
-          for (int j = 0; j < Cfg::kTileN / 8; ++j) {
-            const uint32_t want = d.offset(m_base + r + 8 * v1, c_base + 8 * j);
-            ASSERT_EQ(Store::pair_address(0, m_base + r, c_base, v1, j), want)
-                << "row " << m_base + r << " col " << c_base << " v1 " << v1 << " j " << j;
-            ASSERT_EQ(Store::Writer::block_address(row, j), want);
-          }
+  std::vector<int> hits(size_t(Cfg::kTileM * Cfg::kTileN / 2), 0);
+  for (int warp_row0 = 0; warp_row0 < Cfg::kTileM; warp_row0 += 16)
+    for (int j = 0; j < Cfg::kTileN / 8; j += 2)
+      for (int lane = 0; lane < 32; ++lane)
+        for (int i = 0; i < 4; ++i) {
+          const int v1 = i % 2, jj = j + i / 2;
+          const int row_lane = 8 * i + lane / 4;  // the lane whose address is this matrix row
+          const uint32_t got = Writer::address(Writer::lane_address(0, warp_row0, row_lane), j) + 4u * uint32_t(lane % 4);
+          const int row = warp_row0 + 8 * v1 + lane / 4, col = 8 * jj + 2 * (lane % 4);
+          ASSERT_EQ(got, d.offset(row, col)) << "warp row " << warp_row0 << " j " << j << " lane " << lane << " reg " << i;
+          ++hits[got / 4];
         }
+  for (int h : hits) ASSERT_EQ(h, 1);
 }
 
 TEST(SmemAddressing, TmaStoreStagingMatchesCuteLayout) {
