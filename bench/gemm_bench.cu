@@ -4,7 +4,9 @@
 // CUDA-event timings after warm-up. Each timed kernel's output is also checked once against the
 // simple GPU reference (relative Frobenius error), so a number never comes from a wrong result.
 //
-//   gemm_bench [--shapes 0,1,2] [--reps 30] [--json out.json]
+//   gemm_bench [--shapes 0,1,2] [--roles up,down,dh,dw2,dx,dw1] [--reps 30] [--json out.json]
+// (--roles: only those roles; the default is all six. Most of a run's time is the host-side
+// routing and error checks of the large shapes, ~20 s per shape for all roles.)
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -73,7 +75,7 @@ double relative_error(const __nv_bfloat16* got, const float* want, size_t count)
 }
 
 struct Row {
-  std::string role;
+  std::string key, role;
   double flops, ours_ms = -1, dense_ms = -1, error = -1;
   std::string note;
 };
@@ -82,6 +84,7 @@ struct Row {
 
 int main(int argc, char** argv) {
   std::vector<int> shapes = {0, 1, 2};
+  std::string roles = "up,down,dh,dw2,dx,dw1";
   int reps = 30;
   const char* json = nullptr;
   for (int i = 1; i < argc; ++i) {
@@ -89,12 +92,14 @@ int main(int argc, char** argv) {
       shapes.clear();
       for (const char* p = argv[++i]; *p; ++p)
         if (*p >= '0' && *p <= '2') shapes.push_back(*p - '0');
+    } else if (!std::strcmp(argv[i], "--roles") && i + 1 < argc) {
+      roles = argv[++i];
     } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
       reps = std::atoi(argv[++i]);
     } else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) {
       json = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: gemm_bench [--shapes 0,1,2] [--reps N] [--json FILE]\n");
+      std::fprintf(stderr, "usage: gemm_bench [--shapes 0,1,2] [--roles up,down,dh,dw2,dx,dw1] [--reps N] [--json FILE]\n");
       return 2;
     }
   }
@@ -130,6 +135,7 @@ int main(int argc, char** argv) {
     std::vector<Row> rows;
     auto time_role = [&](Row row, int64_t dm, int64_t dn, int64_t dk, const std::function<Status()>& ours,
                          const std::function<double()>& check) {
+      if (("," + roles + ",").find("," + row.key + ",") == std::string::npos) return;
       std::printf("  ... %s\n", row.role.c_str());
       DenseGemm dense(handle, dm, dn, dk);
       row.dense_ms = median_ms([&] { dense.run(); }, stream, 5, reps);
@@ -152,7 +158,7 @@ int main(int argc, char** argv) {
                           .expert_offsets = routing.offsets, .gather_idx = routing.gather,
                           .h = reinterpret_cast<bfloat16*>(h.ptr), .a = reinterpret_cast<bfloat16*>(a_out.ptr),
                           .num_tokens = s.T, .num_rows = TK, .hidden = s.d, .intermediate = s.n, .num_experts = s.E};
-    time_role({.role = "up_proj (gather+SwiGLU)", .flops = 2.0 * TK * s.d * 2 * s.n}, TK, 2 * s.n, s.d,
+    time_role({.key = "up", .role = "up_proj (gather+SwiGLU)", .flops = 2.0 * TK * s.d * 2 * s.n}, TK, 2 * s.n, s.d,
               [&] { return grouped_gemm_up_proj(up, stream); },
               [&] {
                 BENCH_CUDA(gpu_reference::run(gpu_reference::RowsProblem{.num_rows = TK, .n = 2 * s.n, .k = s.d,
@@ -168,7 +174,7 @@ int main(int argc, char** argv) {
                               .w2 = reinterpret_cast<const bfloat16*>(w2.ptr), .expert_offsets = routing.offsets,
                               .y = reinterpret_cast<bfloat16*>(y.ptr), .num_rows = TK, .hidden = s.d,
                               .intermediate = s.n, .num_experts = s.E};
-    time_role({.role = "down_proj", .flops = 2.0 * TK * s.n * s.d}, TK, s.d, s.n,
+    time_role({.key = "down", .role = "down_proj", .flops = 2.0 * TK * s.n * s.d}, TK, s.d, s.n,
               [&] { return grouped_gemm_down_proj(down, stream); },
               [&] {
                 BENCH_CUDA(gpu_reference::run(
@@ -202,7 +208,7 @@ int main(int argc, char** argv) {
                                     .a_scaled = reinterpret_cast<bfloat16*>(a_scaled.ptr), .ds_partial = ds_partial,
                                     .num_tokens = s.T, .num_rows = TK, .hidden = s.d, .intermediate = s.n,
                                     .num_experts = s.E};
-    time_role({.role = "dH (gather+dSwiGLU+dS)", .flops = 2.0 * TK * s.d * s.n}, TK, s.n, s.d,
+    time_role({.key = "dh", .role = "dH (gather+dSwiGLU+dS)", .flops = 2.0 * TK * s.d * s.n}, TK, s.n, s.d,
               [&] { return grouped_gemm_down_proj_act_grad(dhp, stream); },
               [&] {
                 // dS = Σ_j dA'·A, with dA' from the GPU reference and A from the same H.
@@ -238,7 +244,7 @@ int main(int argc, char** argv) {
                                         .expert_offsets = routing.offsets, .gather_idx = routing.gather,
                                         .grad_w2 = reinterpret_cast<bfloat16*>(dw2.ptr), .num_tokens = s.T,
                                         .num_rows = TK, .hidden = s.d, .intermediate = s.n, .num_experts = s.E};
-    time_role({.role = "dW2 (gather, varlen K)", .flops = 2.0 * TK * s.d * s.n}, s.d, s.n, TK,
+    time_role({.key = "dw2", .role = "dW2 (gather, varlen K)", .flops = 2.0 * TK * s.d * s.n}, s.d, s.n, TK,
               [&] { return grouped_gemm_down_proj_weight_grad(dw2p, stream); },
               [&] {
                 float* wref = nullptr;
@@ -257,7 +263,7 @@ int main(int argc, char** argv) {
                                     .w1 = reinterpret_cast<const bfloat16*>(w1.ptr), .expert_offsets = routing.offsets,
                                     .dx_rows = reinterpret_cast<bfloat16*>(dx_rows.ptr), .num_rows = TK,
                                     .hidden = s.d, .intermediate = s.n, .num_experts = s.E};
-    time_role({.role = "dX~", .flops = 2.0 * TK * 2 * s.n * s.d}, TK, s.d, 2 * s.n,
+    time_role({.key = "dx", .role = "dX~", .flops = 2.0 * TK * 2 * s.n * s.d}, TK, s.d, 2 * s.n,
               [&] { return grouped_gemm_up_proj_input_grad(dxp, stream); },
               [&] {
                 BENCH_CUDA(gpu_reference::run(
@@ -273,7 +279,7 @@ int main(int argc, char** argv) {
                                       .gather_idx = routing.gather, .grad_w1 = reinterpret_cast<bfloat16*>(dw1.ptr),
                                       .num_tokens = s.T, .num_rows = TK, .hidden = s.d, .h_cols = 2 * s.n,
                                       .num_experts = s.E};
-    time_role({.role = "dW1 (gather, varlen K)", .flops = 2.0 * TK * 2 * s.n * s.d}, 2 * s.n, s.d, TK,
+    time_role({.key = "dw1", .role = "dW1 (gather, varlen K)", .flops = 2.0 * TK * 2 * s.n * s.d}, 2 * s.n, s.d, TK,
               [&] { return grouped_gemm_up_proj_weight_grad(dw1p, stream); },
               [&] {
                 float* wref = nullptr;

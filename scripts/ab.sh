@@ -6,10 +6,12 @@
 #   here:    bash scripts/ab.sh build REV [REV ...]     e.g. bash scripts/ab.sh build main HEAD
 #            -> build/ab/<short hash>/gemm_bench (one git worktree per revision, in build/ab-src;
 #            remove them with rm -rf build/ab-src && git worktree prune)
-#   device:  bash scripts/ab.sh run [shapes, default 0,1,2] [rounds, default 2]
+#   device:  bash scripts/ab.sh run [shapes, default 0,1,2] [rounds, default 2] [roles, default all]
 #            (run call with carry ["build/ab"]); runs every build/ab/*/gemm_bench, alternating
 #            revisions round by round, and prints TFLOPS per role and revision (the best of the
 #            rounds) with each revision's ratio to the first one named at build time.
+#            Budget: one gemm_bench run of all six roles takes ~60 s at shapes 0,1,2 (host-side
+#            routing and error checks); name the roles (e.g. dh,down) to compare fewer.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -44,12 +46,13 @@ fi
 [ "$mode" = run ] || { echo "ab.sh: unknown mode $mode" >&2; exit 2; }
 shapes=${1:-0,1,2}
 rounds=${2:-2}
+roles=${3:-up,down,dh,dw2,dx,dw1}
 out=${OUT:-$root/out}/ab
 mkdir -p "$out"
 mapfile -t hashes < <(cut -d' ' -f1 "$ab/order")
 for r in $(seq 1 "$rounds"); do
   for h in "${hashes[@]}"; do
-    timeout 300 "$ab/$h/gemm_bench" --shapes "$shapes" --json "$out/${h}_$r.json" >"$out/${h}_$r.log" 2>&1 ||
+    timeout 300 "$ab/$h/gemm_bench" --shapes "$shapes" --roles "$roles" --json "$out/${h}_$r.json" >"$out/${h}_$r.log" 2>&1 ||
       echo "ab.sh: $h round $r failed (rc=$?), see $out/${h}_$r.log"
   done
 done
