@@ -10,6 +10,7 @@
 #            (run call with carry ["build/ab"]); runs every build/ab/*/gemm_bench, alternating
 #            revisions round by round, and prints TFLOPS per role and revision (the best of the
 #            rounds) with each revision's ratio to the first one named at build time.
+#            AB_ONLY="rev rev ..." runs only those (names or hashes as built; the first is the base).
 #            Budget: one gemm_bench run of all six roles takes ~60 s at shapes 0,1,2 (host-side
 #            routing and error checks); name the roles (e.g. dh,down) to compare fewer.
 set -euo pipefail
@@ -49,14 +50,20 @@ rounds=${2:-2}
 roles=${3:-up,down,dh,dw2,dx,dw1}
 out=${OUT:-$root/out}/ab
 mkdir -p "$out"
-mapfile -t hashes < <(cut -d' ' -f1 "$ab/order")
+order=$ab/order
+if [ -n "${AB_ONLY:-}" ]; then
+  order=$out/order
+  for want in $AB_ONLY; do awk -v w="$want" '$1 == w || $2 == w' "$ab/order"; done >"$order"
+  [ -s "$order" ] || { echo "ab.sh: none of AB_ONLY=$AB_ONLY was built" >&2; exit 2; }
+fi
+mapfile -t hashes < <(cut -d' ' -f1 "$order")
 for r in $(seq 1 "$rounds"); do
   for h in "${hashes[@]}"; do
     timeout 300 "$ab/$h/gemm_bench" --shapes "$shapes" --roles "$roles" --json "$out/${h}_$r.json" >"$out/${h}_$r.log" 2>&1 ||
       echo "ab.sh: $h round $r failed (rc=$?), see $out/${h}_$r.log"
   done
 done
-python3 - "$out" "$ab/order" "$rounds" <<'EOF'
+python3 - "$out" "$order" "$rounds" <<'EOF'
 import json, sys
 out, order, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 revs = [line.split() for line in open(order) if line.strip()]
