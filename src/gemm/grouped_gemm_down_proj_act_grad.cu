@@ -1,6 +1,7 @@
 // src/gemm/grouped_gemm_down_proj_act_grad.cu — role 4, dH: dO rows gathered by cp.async, W2 by
 // TMA as stored ([E, d, n] is MN-major for this GEMM), and the dSwiGLU / s·A / partial-dS
-// epilogue.
+// epilogue; ping-pong 64x256 tiles for short k-loops, cooperative 128x256 for long ones
+// (tile_config.h).
 #include <cuda_bf16.h>
 
 #include "gemm/epilogue_dswiglu.cuh"
@@ -11,12 +12,10 @@
 #include "sonicmoe/grouped_gemm.h"
 
 namespace sonicmoe {
-namespace {
-using Cfg = gemm::DownProjActGradTile;
-}  // namespace
 
 int64_t down_proj_act_grad_partial_cols(int64_t intermediate) {
-  return (intermediate + Cfg::kTileN - 1) / Cfg::kTileN;
+  constexpr int kTileN = gemm::DownProjActGradTilePingPong::kTileN;  // both tiles' (tile_config.h)
+  return (intermediate + kTileN - 1) / kTileN;
 }
 
 Status validate(const DownProjActGradParams& p) {
@@ -41,8 +40,9 @@ Status validate(const DownProjActGradParams& p) {
   return Status();
 }
 
-Status grouped_gemm_down_proj_act_grad(const DownProjActGradParams& p, cudaStream_t stream) {
-  SONICMOE_RETURN_IF_ERROR(validate(p));
+namespace {
+template <class Cfg>
+Status launch_act_grad(const DownProjActGradParams& p, cudaStream_t stream) {
   using Mainloop = gemm::MainloopSm90TmaGather<Cfg, cute::GMMA::Major::MN>;
   using Epilogue = gemm::EpilogueDSwiGLU;
   using Element = typename Mainloop::Element;
@@ -70,6 +70,14 @@ Status grouped_gemm_down_proj_act_grad(const DownProjActGradParams& p, cudaStrea
       .num_experts = int(p.num_experts),
       .num_rows = int(p.num_rows)};
   return gemm::launch_grouped_gemm<Cfg>(params, stream);
+}
+}  // namespace
+
+Status grouped_gemm_down_proj_act_grad(const DownProjActGradParams& p, cudaStream_t stream) {
+  SONICMOE_RETURN_IF_ERROR(validate(p));
+  if (p.hidden >= gemm::kDownProjActGradCooperativeMinHidden)
+    return launch_act_grad<gemm::DownProjActGradTileCooperative>(p, stream);
+  return launch_act_grad<gemm::DownProjActGradTilePingPong>(p, stream);
 }
 
 }  // namespace sonicmoe

@@ -79,10 +79,18 @@ using TileConfigPingPong64x256 = TileConfigSm90<true, kStagesT>;
 using UpProjTile = TileConfig128x256<3>;
 using DownProjTile = TileConfig128x256<3>;
 using UpProjInputGradTile = TileConfig128x256<3>;
-// dH: ping-pong. Its epilogue (load H, write dH, s·A, partial dS from registers) is long: with
-// the cooperative 128x256 tile (4 stages) the tensor cores idled through it and dH ran at
-// 209-212 TFLOPS against ~500 for the same mainloop in other roles (H200, 7B n=256).
-using DownProjActGradTile = TileConfigPingPong64x256<5>;
+// dH: two tiles, chosen by the length of the k-loop (hidden). Its epilogue (load H, write dH,
+// s·A, partial dS from registers) is long: with a short k-loop ping-pong hides it behind the
+// other warpgroup's wgmmas (7B, d = 1536: ping-pong 406, cooperative 386 TFLOPS; the first
+// cooperative epilogue ran at 209-212). With a long k-loop the epilogue is a small part of a tile
+// and the weight traffic counts more: the cooperative tile reads W2 once per 128 rows instead of
+// per 64 (d = 4096, n = 1024: ping-pong 435, cooperative 521). H200, same call, 2026-11-28. The
+// threshold lies between the measured d = 1536 and d = 4096.
+using DownProjActGradTilePingPong = TileConfigPingPong64x256<5>;
+using DownProjActGradTileCooperative = TileConfig128x256<4>;
+inline constexpr int64_t kDownProjActGradCooperativeMinHidden = 3072;
+static_assert(DownProjActGradTilePingPong::kTileN == DownProjActGradTileCooperative::kTileN,
+              "the dS partial columns (one per N tile) must not depend on the choice");
 // dW1, dW2: 4 stages (192 KiB) — the reduction runs over an expert's rows (hundreds to
 // thousands), so pipeline depth matters more than an output staging buffer.
 using WeightGradTile = TileConfig128x256<4>;

@@ -98,6 +98,14 @@ TEST(GroupedGemmDownProjActGrad, SkewedSeveralNTiles) {
   check_act_grad({1500, 100, 250, 0, 400, 250, 500}, 2048, 264, 520);
 }
 TEST(GroupedGemmDownProjActGrad, RealisticWidth) { check_act_grad({300, 200, 0, 520}, 1024, 1536, 256); }
+// hidden >= kDownProjActGradCooperativeMinHidden: the cooperative 128x256 tile (the ones above
+// run ping-pong), with the same edge cases.
+TEST(GroupedGemmDownProjActGrad, CooperativeEdgeExpertSizesAndTails) {
+  check_act_grad({0, 1, 127, 128, 129, 0, 300}, 800, 3080, 72);
+}
+TEST(GroupedGemmDownProjActGrad, CooperativeSkewedSeveralNTiles) {
+  check_act_grad({600, 1, 0, 130, 255}, 1024, 3136, 520);
+}
 
 TEST(GroupedGemmDownProjActGradValidation, RejectsBadArguments) {
   alignas(16) static bfloat16 buf[64];

@@ -63,7 +63,8 @@ TEST(SmemAddressing, GatherMProducerMatchesCuteLayout) {
   check_gather_m_producer<UpProjTile, cute::GMMA::Major::K>();
   check_gather_m_producer<DownProjTile, cute::GMMA::Major::K>();
   check_gather_m_producer<UpProjInputGradTile, cute::GMMA::Major::MN>();
-  check_gather_m_producer<DownProjActGradTile, cute::GMMA::Major::MN>();
+  check_gather_m_producer<DownProjActGradTilePingPong, cute::GMMA::Major::MN>();
+  check_gather_m_producer<DownProjActGradTileCooperative, cute::GMMA::Major::MN>();
 }
 
 // Varlen-K producer (dW1, dW2): lane (warp w, chunk c, lane group g) copies row
@@ -164,7 +165,8 @@ void check_fragment_layout() {
 TEST(SmemAddressing, AccumulatorFragmentLayout) {
   check_fragment_layout<UpProjTile, cute::GMMA::Major::K>();
   check_fragment_layout<WeightGradTile, cute::GMMA::Major::K>();
-  check_fragment_layout<DownProjActGradTile, cute::GMMA::Major::MN>();
+  check_fragment_layout<DownProjActGradTilePingPong, cute::GMMA::Major::MN>();
+  check_fragment_layout<DownProjActGradTileCooperative, cute::GMMA::Major::MN>();
 }
 
 // QuadTranspose (the up-proj epilogue's A store) emulated for the 4 lanes of a quad: __byte_perm
