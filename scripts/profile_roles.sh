@@ -6,6 +6,8 @@
 # samples) into $OUT/ncu (or ./out/ncu). --clock-control base: durations are at the base clock.
 #   usage: bash scripts/profile_roles.sh [shape index, default 0] [roles, default up,dh,dw1,dw2]
 #   roles: up (up-proj), down (down-proj), dh (dH), dw2, dx (dX̃), dw1
+#   BENCH=path/to/gemm_bench profiles another build (e.g. build/ab/<hash>/gemm_bench from
+#   scripts/ab.sh; that build must know --roles), NAME=prefix names the outputs <NAME><role>.*
 set -u
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -14,7 +16,8 @@ mkdir -p "$out"
 export PATH=/usr/local/cuda/bin:$PATH
 shape=${1:-0}
 roles=${2:-up,dh,dw1,dw2}
-bench=build/device/gemm_bench
+bench=${BENCH:-build/device/gemm_bench}
+name=${NAME:-}
 
 # Demangled-name patterns that single out each role's kernel instantiation (ncu prints template
 # arguments as (cute::SM90::GMMA::Major)0 = K-major, 1 = MN-major, and (bool)0 / (bool)1).
@@ -33,11 +36,12 @@ for role in ${roles//,/ }; do
   args=(--kernel-name-base demangled -k "regex:${pattern[$role]}" --launch-skip 2 --launch-count 1
         --cache-control all --clock-control base)
   for s in "${sections[@]}"; do args+=(--section "$s"); done
-  timeout 240 ncu "${args[@]}" -f -o "$out/$role" "$bench" --shapes "$shape" --reps 3 >"$out/$role.run.log" 2>&1
-  echo "ncu $role rc=$?"
-  ncu --import "$out/$role.ncu-rep" --page details --print-details all >"$out/$role.txt" 2>&1
+  file=$out/$name$role
+  timeout 240 ncu "${args[@]}" -f -o "$file" "$bench" --shapes "$shape" --roles "$role" --reps 3 >"$file.run.log" 2>&1
+  echo "ncu $name$role rc=$?"
+  ncu --import "$file.ncu-rep" --page details --print-details all >"$file.txt" 2>&1
   # Per-instruction SASS with its stall samples: where the warps wait.
-  ncu --import "$out/$role.ncu-rep" --page source --print-source sass --csv >"$out/$role.sass.csv" 2>&1
-  grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Hit|Registers Per|Stall|Warp Cycles Per Issued" \
-    "$out/$role.txt" | head -20
+  ncu --import "$file.ncu-rep" --page source --print-source sass --csv >"$file.sass.csv" 2>&1
+  grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Hit|L1/TEX Hit|Registers Per|Stall|Warp Cycles Per Issued|Grid Size|Cluster" \
+    "$file.txt" | head -24
 done
