@@ -23,9 +23,9 @@ name=${NAME:-}
 # arguments as (cute::SM90::GMMA::Major)0 = K-major, 1 = MN-major, and (bool)0 / (bool)1).
 declare -A pattern=(
   [up]='EpilogueSwiGLU'
-  [down]='Major\)0>, sonicmoe::gemm::EpilogueStoreTma'
+  [down]='Major\)0, \(sonicmoe::gemm::ASource\)1>, sonicmoe::gemm::EpilogueStoreTma'
   [dh]='EpilogueDSwiGLU'
-  [dx]='Major\)1>, sonicmoe::gemm::EpilogueStoreTma'
+  [dx]='Major\)1, \(sonicmoe::gemm::ASource\)1>, sonicmoe::gemm::EpilogueStoreTma'
   [dw2]='EpilogueWeightGrad>'
   [dw1]='EpilogueWeightGradTransposed'
 )
