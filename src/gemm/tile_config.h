@@ -2,8 +2,9 @@
 // skeleton, one place for every tuned constant and the budget that decided it.
 //
 // Dataflow position: read by kernel_sm90_grouped.cuh (device) and launch_sm90_grouped.cuh
-// (host: shared-memory size, grid size). First version: one configuration for every role;
-// per-shape tuning (ping-pong, 128x192, clusters) is a later step.
+// (host: shared-memory size, grid size). One configuration per role below; dH picks one of two
+// per call by the hidden size. What else was measured (ping-pong and 128-row ping-pong tiles for
+// the plain GEMMs, 2-CTA clusters): docs/performance.md.
 #pragma once
 
 #include <cstdint>
