@@ -78,6 +78,9 @@ using TileConfigPingPong64x256 = TileConfigSm90<true, kStagesT>;
 
 // The configuration each role uses today.
 using UpProjTile = TileConfig128x256<3>;
+// down-proj and dX̃ measured slower (H200, same call as this tile, 2026-11-28; 7B / 30B n=512 /
+// n=1024): cooperative 256x128 (cuBLAS's dense tile) 0.89-0.98x; 4 stages with register stores
+// instead of 3 + the TMA-store staging 0.54-0.85x; ping-pong tiles and 2-CTA clusters 0.74-1.00x.
 using DownProjTile = TileConfig128x256<3>;
 using UpProjInputGradTile = TileConfig128x256<3>;
 // dH: two tiles, chosen by the length of the k-loop (hidden). Its epilogue (load H, write dH,
@@ -87,6 +90,9 @@ using UpProjInputGradTile = TileConfig128x256<3>;
 // and the weight traffic counts more: the cooperative tile reads W2 once per 128 rows instead of
 // per 64 (d = 4096, n = 1024: ping-pong 435, cooperative 521). H200, same call, 2026-11-28. The
 // threshold lies between the measured d = 1536 and d = 4096.
+// Also measured slower for dH: ping-pong 128x128 per warpgroup (SonicMoE's dH tile) 0.90-0.98x;
+// the cooperative tile with 3 stages and half of H staged in shared memory 0.94-0.99x (its
+// cp.async gather of dO then starves the k-loop: ncu, full-barrier waits 6.5% -> 30%).
 using DownProjActGradTilePingPong = TileConfigPingPong64x256<5>;
 using DownProjActGradTileCooperative = TileConfig128x256<4>;
 inline constexpr int64_t kDownProjActGradCooperativeMinHidden = 3072;
