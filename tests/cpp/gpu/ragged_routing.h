@@ -5,11 +5,20 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <numeric>
 #include <random>
 #include <vector>
 
 namespace sonicmoe::gpu_testing {
+
+// `pattern` of expert sizes repeated `times` times: many small experts, so that a role has more
+// tiles than the GPU has CTAs at a cheap host reference.
+inline std::vector<int> repeated_counts(std::initializer_list<int> pattern, int times) {
+  std::vector<int> counts;
+  for (int i = 0; i < times; ++i) counts.insert(counts.end(), pattern);
+  return counts;
+}
 
 inline uint64_t fresh_seed() { return uint64_t(std::random_device{}()) * 0x9E3779B97F4A7C15ull + std::random_device{}(); }
 

@@ -110,13 +110,12 @@ TEST(GroupedGemmDownProjActGrad, CooperativeSkewedSeveralNTiles) {
 // More tiles than CTAs (<= 132 on an H100/H200), so that every CTA's persistent loop runs
 // several tiles: 400 experts of 0-129 rows; ping-pong (hidden 264: 480 tiles of 64 rows, the two
 // warpgroups alternating) and cooperative (hidden 3072: 400 tiles of 128 rows).
-std::vector<int> many_small_experts() {
-  std::vector<int> counts;
-  for (int i = 0; i < 80; ++i) counts.insert(counts.end(), {1, 0, 2, 1, 129});
-  return counts;
+TEST(GroupedGemmDownProjActGrad, PingPongManyTilesPerCta) {
+  check_act_grad(repeated_counts({1, 0, 2, 1, 129}, 80), 2048, 264, 72);
 }
-TEST(GroupedGemmDownProjActGrad, PingPongManyTilesPerCta) { check_act_grad(many_small_experts(), 2048, 264, 72); }
-TEST(GroupedGemmDownProjActGrad, CooperativeManyTilesPerCta) { check_act_grad(many_small_experts(), 2048, 3072, 72); }
+TEST(GroupedGemmDownProjActGrad, CooperativeManyTilesPerCta) {
+  check_act_grad(repeated_counts({1, 0, 2, 1, 129}, 80), 2048, 3072, 72);
+}
 
 TEST(GroupedGemmDownProjActGradValidation, RejectsBadArguments) {
   alignas(16) static bfloat16 buf[64];

@@ -107,13 +107,12 @@ TEST(GroupedGemmUpProjWeightGrad, SkewedOneExpertHalfTheRows) {
 }
 // More output tiles than CTAs: 300 experts x 2 x 1 tiles (dW2) and 300 x 2 x 1 (dW1), experts of
 // 0-129 rows, so that every CTA's persistent loop runs several tiles.
-std::vector<int> many_small_experts() {
-  std::vector<int> counts;
-  for (int i = 0; i < 60; ++i) counts.insert(counts.end(), {1, 0, 3, 64, 129});
-  return counts;
+TEST(GroupedGemmDownProjWeightGrad, ManyTilesPerCta) {
+  check_down_proj_weight_grad(repeated_counts({1, 0, 3, 64, 129}, 60), 2048, 200, 72);
 }
-TEST(GroupedGemmDownProjWeightGrad, ManyTilesPerCta) { check_down_proj_weight_grad(many_small_experts(), 2048, 200, 72); }
-TEST(GroupedGemmUpProjWeightGrad, ManyTilesPerCta) { check_up_proj_weight_grad(many_small_experts(), 2048, 200, 144); }
+TEST(GroupedGemmUpProjWeightGrad, ManyTilesPerCta) {
+  check_up_proj_weight_grad(repeated_counts({1, 0, 3, 64, 129}, 60), 2048, 200, 144);
+}
 TEST(GroupedGemmUpProjWeightGrad, NoRowsAtAll) { check_up_proj_weight_grad({0, 0, 0}, 4, 64, 128); }
 
 TEST(GroupedGemmWeightGradValidation, RejectsBadArguments) {
