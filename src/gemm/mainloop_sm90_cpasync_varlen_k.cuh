@@ -6,7 +6,8 @@
 //
 // Both operands are MN-major in shared memory (one gathered row brings 8 consecutive M or N
 // values per 16-byte chunk). The gathered operand is loaded by cp.async (TMA cannot gather
-// rows). The contiguous one by TMA on every k-tile that lies wholly inside the expert's rows;
+// rows; one TMA copy per row measured 27-34% slower, docs/performance.md). The contiguous one by
+// TMA on every k-tile that lies wholly inside the expert's rows;
 // the expert's last, partial k-tile goes through cp.async with zero fill instead, because a TMA
 // box would read the next expert's rows into this expert's sum (and 0·Inf is not 0).
 //

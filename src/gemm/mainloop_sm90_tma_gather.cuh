@@ -11,6 +11,10 @@
 // thread arms the full barrier with the A and B bytes, and the other producer warps have nothing
 // to do.
 //
+// Why cp.async and not TMA for the gathered rows: Hopper's TMA has no row gather, and one
+// 128-byte TMA copy per row (a one-row box, which lands correctly swizzled) measured 23-45% slower
+// for the gather roles than these cp.async copies (H200, 2026-11-28; docs/performance.md).
+//
 // Producer, ASource::kGather (warpgroup 0, 128 threads): per stage, thread 0 arms the stage's
 // full barrier with the B bytes (arrive-expect-tx) and issues the TMA; every producer thread
 // issues its 8 16-byte cp.async copies of A and commits them with cp.async.mbarrier.arrive.noinc,

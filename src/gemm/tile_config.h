@@ -42,6 +42,9 @@ namespace sonicmoe::gemm {
 //
 // Both schedules share one shape of the CTA (a producer warpgroup and two consumer warpgroups,
 // N = 256, K = 64 per stage); they differ in how many warpgroups share a tile.
+// Also measured slower for every role (H200, same call as main, 2026-11-28): K = 32 per stage
+// with twice the stages in the same shared memory, 0.88-1.01x; staggering the two cooperative
+// warpgroups by a k-tile so that their epilogues alternate, 0.98-1.01x (docs/performance.md).
 template <bool kPingPongT, int kStagesT>
 struct TileConfigSm90 {
   static constexpr bool kPingPong = kPingPongT;
