@@ -93,46 +93,51 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     Tensor coords = thr_mma.partition_C(make_identity_tensor(Shape<Int<Cfg::kTileM>, Int<Cfg::kTileN>>{}));
     int stage = 0;
     uint32_t phase = 0;
-    for (int seq = 0;; ++seq) {
-      const int tile = blockIdx.x + seq * gridDim.x;
-      typename Mainloop::Work work;
-      if (!sched.find(tile, work)) break;
+    // The next tile is looked up while this tile's last wgmma batch runs (mma's look_ahead hook),
+    // not after its epilogue, where the lookup (the offsets' loads and a warp-wide scan) stood
+    // between two tiles' tensor-core work.
+    int tile = blockIdx.x;
+    typename Mainloop::Work work;
+    bool have = sched.find(tile, work);
+    for (int seq = 0; have; ++seq, tile += gridDim.x) {
+      typename Mainloop::Work next;
+      bool have_next = false;
+      auto look_ahead = [&] { have_next = sched.find(tile + int(gridDim.x), next); };
       const int k_tiles = Mainloop::kVarlenK ? Mainloop::k_tiles(ml, work) : uniform_k_tiles;
       if (Cfg::kPingPong && (seq & 1) != own_parity) {
         // The other warpgroup's tile: step over its stages (mma() advances one per k-tile and
         // flips the phase at every wrap).
-        const int next = stage + k_tiles;
-        phase ^= uint32_t(next / Cfg::kStages) & 1u;
-        stage = next % Cfg::kStages;
-        continue;
-      }
-      // Ping-pong: the mainloops of the two warpgroups run in tile order, one after the other.
-      // Barrier waits match phases by parity only, so a warpgroup that started on its tile's
-      // stages while the other was still consuming the previous tile's could see a stage one
-      // full phase early and read it before the producer refilled it (the dH tests with more
-      // k-tiles than stages failed that way). Named barrier 1 + w: "warpgroup w may start".
-      if constexpr (Cfg::kPingPong) {
-        if (seq > 0) cutlass::arch::NamedBarrier::arrive_and_wait(256, 1 + own_parity);
-      }
-      // The accumulators start from the bias (or zero); the k-loop accumulates onto them. An
-      // epilogue without init_accumulators (no bias) gets zeros.
-      if constexpr (requires {
-                      Epilogue::template init_accumulators<Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n);
-                    }) {
-        Epilogue::template init_accumulators<Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n);
+        const int next_stage = stage + k_tiles;
+        phase ^= uint32_t(next_stage / Cfg::kStages) & 1u;
+        stage = next_stage % Cfg::kStages;
+        look_ahead();
       } else {
+        // Ping-pong: the mainloops of the two warpgroups run in tile order, one after the other.
+        // Barrier waits match phases by parity only, so a warpgroup that started on its tile's
+        // stages while the other was still consuming the previous tile's could see a stage one
+        // full phase early and read it before the producer refilled it (the dH tests with more
+        // k-tiles than stages failed that way). Named barrier 1 + w: "warpgroup w may start".
+        if constexpr (Cfg::kPingPong) {
+          if (seq > 0) cutlass::arch::NamedBarrier::arrive_and_wait(256, 1 + own_parity);
+        }
+        // The accumulators start from the bias (or zero); the k-loop accumulates onto them. An
+        // epilogue without init_accumulators (no bias) gets zeros.
+        if constexpr (requires {
+                        Epilogue::template init_accumulators<Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n);
+                      }) {
+          Epilogue::template init_accumulators<Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n);
+        } else {
 #pragma unroll
-        for (int i = 0; i < size(accum); ++i) accum(i) = 0.f;
+          for (int i = 0; i < size(accum); ++i) accum(i) = 0.f;
+        }
+        Mainloop::mma(tiled_mma, thr_mma, accum, ss, k_tiles, stage, phase, look_ahead);
+        // Ping-pong: hand the tensor cores to the other warpgroup, if it has a next tile to wait with.
+        if (Cfg::kPingPong && have_next) cutlass::arch::NamedBarrier::arrive(256, 2 - own_parity);
+        Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n,
+                                                            storage.epilogue, consumer_thread);
       }
-      Mainloop::mma(tiled_mma, thr_mma, accum, ss, k_tiles, stage, phase);
-      if constexpr (Cfg::kPingPong) {
-        // Hand the tensor cores to the other warpgroup, if it has a next tile to wait with.
-        auto peek = sched;
-        typename Mainloop::Work next;
-        if (peek.find(tile + gridDim.x, next)) cutlass::arch::NamedBarrier::arrive(256, 2 - own_parity);
-      }
-      Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n,
-                                                          storage.epilogue, consumer_thread);
+      work = next;
+      have = have_next;
     }
     Epilogue::finish(consumer_thread);
   }

@@ -275,16 +275,20 @@ struct MainloopSm90CpAsyncVarlenK {
 
   // One output tile's reduction, accumulated onto `accum` (the kernel zeroes it first, so an
   // expert without rows gets a zero gradient).
-  template <class ThrMma, class Accum>
+  // look_ahead() runs (warp-wide) once the last k-tile's batch is issued, while it executes.
+  template <class ThrMma, class Accum, class LookAhead>
   __device__ static void mma(TiledMma& tiled_mma, ThrMma const& thr_mma, Accum& accum, SharedStorage& ss,
-                             int tiles, int& stage, uint32_t& phase) {
+                             int tiles, int& stage, uint32_t& phase, LookAhead&& look_ahead) {
     using namespace cute;
     Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
     Tensor sB = make_tensor(make_smem_ptr(ss.b), SmemLayoutB{});
     Tensor tCrA = thr_mma.make_fragment_A(thr_mma.partition_A(sA));  // smem descriptors
     Tensor tCrB = thr_mma.make_fragment_B(thr_mma.partition_B(sB));
     const bool lane0 = (threadIdx.x & 31) == 0;
-    if (tiles == 0) return;
+    if (tiles == 0) {
+      look_ahead();
+      return;
+    }
     tiled_mma.accumulate_ = GMMA::ScaleOut::One;
     int release_stage = stage;
     warpgroup_fence_operand(accum);
@@ -310,6 +314,7 @@ struct MainloopSm90CpAsyncVarlenK {
         phase ^= 1;
       }
     }
+    look_ahead();
     warpgroup_wait<0>();
     warpgroup_fence_operand(accum);
     if (lane0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[release_stage]);

@@ -291,9 +291,10 @@ struct MainloopSm90TmaGather {
   // Consumer: one output tile's k-loop, accumulating onto `accum`. stage/phase persist across
   // tiles. One k-tile's wgmma batch stays in flight while the next one is issued; a stage is released once
   // the batch that read it has retired (warpgroup_wait<1>).
-  template <class ThrMma, class Accum>
+  // look_ahead() runs (warp-wide) once the last k-tile's batch is issued, while it executes.
+  template <class ThrMma, class Accum, class LookAhead>
   __device__ static void mma(TiledMma& tiled_mma, ThrMma const& thr_mma, Accum& accum, SharedStorage& ss,
-                             int k_tiles, int& stage, uint32_t& phase) {
+                             int k_tiles, int& stage, uint32_t& phase, LookAhead&& look_ahead) {
     using namespace cute;
     Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
     Tensor sB = make_tensor(make_smem_ptr(ss.b), SmemLayoutB{});
@@ -330,6 +331,7 @@ struct MainloopSm90TmaGather {
         phase ^= 1;
       }
     }
+    look_ahead();
     warpgroup_wait<0>();
     warpgroup_fence_operand(accum);
     if (lane0 && k_tiles > 0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[release_stage]);
