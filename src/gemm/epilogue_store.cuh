@@ -81,10 +81,17 @@ struct EpilogueStore {
   }
 };
 
-// Registers -> 128-byte-swizzled shared-memory tile -> one asynchronous TMA store, for a full
+// Registers -> 128-byte-swizzled shared-memory tile -> asynchronous TMA stores, for a full
 // kTileM x kTileN bf16 tile. Used by every TMA-store epilogue. Protocol per tile (all consumer
-// threads): begin() (the previous store has finished reading the buffer), write(), commit()
-// (proxy fence, barrier, one thread issues the store); finish() before the CTA exits.
+// threads): begin() (the previous stores have finished reading), write(), commit() (proxy fence,
+// barrier, one thread issues the stores); finish() before the CTA exits.
+//
+// Where the tile is staged: in 64-column slabs of kTileM x 64 (16 KiB, each one 128-byte swizzle
+// block that TMA stores as one box). The tile's last mainloop stage lends its A buffer (one slab)
+// and B buffer (kTileN / kTileM slabs) (MainloopSm90TmaGather::mma<kLend>); the rest (one slab
+// for 128 x 256) is this epilogue's own shared memory. With a whole 64 KiB staging tile of its
+// own, the 128x256 configurations had room for 3 stages of 48 KiB; borrowing the last stage
+// leaves room for 4.
 template <class Cfg>
 struct TmaTileStore {
   using Element = cutlass::bfloat16_t;
@@ -92,21 +99,46 @@ struct TmaTileStore {
   static constexpr int kTileN = Cfg::kTileN;
   static constexpr int kConsumerThreads = 128 * Cfg::kConsumerWarpgroups;
   static constexpr int kPacked = kTileN / 4;  // bf16x2 words per consumer thread
+  static constexpr int kSlabs = kTileN / 64;
+  static constexpr int kSlabElements = kTileM * 64;
+  static constexpr uint32_t kSlabBytes = kSlabElements * sizeof(Element);
+  static constexpr int kLentBSlabs = kTileN / kTileM;        // a stage's B buffer (kTileN x 64)
+  static constexpr int kOwnSlabs = kSlabs - 1 - kLentBSlabs;  // after A (one slab) and B
+  static_assert(Cfg::kTileK == 64 && kTileN % kTileM == 0 && kOwnSlabs >= 1 && !Cfg::kPingPong,
+                "a cooperative tile whose stage buffers are whole slabs");
   using TileShape = cute::Shape<cute::Int<kTileM>, cute::Int<kTileN>>;
+  using SlabShape = cute::Shape<cute::Int<kTileM>, cute::_64>;
   // 128-byte swizzle: the 8 rows a warp writes per store instruction land in 8 different 16-byte
-  // bank groups (conflict-free), and TMA reads it natively in 64-column boxes.
+  // bank groups (conflict-free), and TMA reads it natively in 64-column boxes. SmemLayout: the
+  // whole tile as contiguous slabs (what the host test checks the addressing against).
+  using SlabLayout = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<Element>{}, SlabShape{}));
   using SmemLayout = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<Element>{}, TileShape{}));
   static_assert(kTileN % 64 == 0, "whole 64-column swizzle slabs");
 
   struct alignas(1024) SharedStorage {
-    alignas(1024) Element d[cute::cosize_v<SmemLayout>];
+    alignas(1024) Element own[kOwnSlabs][kSlabElements];
   };
 
-  // The output tensor [rows, n] row-major as TMA sees it.
+  // The buffers of one tile's staging: slab 0 = lent A, slabs 1 .. kLentBSlabs = lent B, then own.
+  struct Staging {
+    Element* lent_a;
+    Element* lent_b;
+    Element* own;
+  };
+  __device__ static Staging staging(SharedStorage& ss, Element* lent_a, Element* lent_b) {
+    return {lent_a, lent_b, ss.own[0]};
+  }
+  // Slab s's first element, s a compile-time index after unrolling (an immediate offset).
+  template <class Ptr>
+  CUTE_HOST_DEVICE static Ptr slab(Ptr lent_a, Ptr lent_b, Ptr own, int s) {
+    return s == 0 ? lent_a : s <= kLentBSlabs ? lent_b + (s - 1) * kSlabElements : own + (s - 1 - kLentBSlabs) * kSlabElements;
+  }
+
+  // The output tensor [rows, n] row-major as TMA sees it, one slab per box.
   static auto make_tma(Element* d, int rows, int n) {
     using namespace cute;
     auto g = make_tensor(make_gmem_ptr(d), make_layout(make_shape(rows, n), make_stride(int64_t(n), _1{})));
-    return make_tma_copy(SM90_TMA_STORE{}, g, SmemLayout{}, TileShape{}, Int<1>{});
+    return make_tma_copy(SM90_TMA_STORE{}, g, SlabLayout{}, SlabShape{}, Int<1>{});
   }
   using Tma = decltype(make_tma(nullptr, 1, 8));
 
@@ -126,7 +158,8 @@ struct TmaTileStore {
   // (row % 8). Writing through a CuTe tensor with fp32 values live made ptxas keep the swizzled
   // addresses and spill.
   struct MatrixWriter {
-    uint32_t lane_base;  // this lane's row of its matrix for j = 0, swizzled
+    uint32_t lane_offset;  // this lane's row of its matrix for j = 0, swizzled, inside a slab
+    uint32_t lent_a, lent_b, own;
     // Host-callable, like address(): tests/cpp/gpu/test_smem_addressing.cu checks both.
     CUTE_HOST_DEVICE static constexpr uint32_t lane_address(uint32_t tile, int warp_row0, int lane) {
       const int rr = lane % 8, v1 = (lane / 8) & 1, next_j = lane / 16;
@@ -134,40 +167,58 @@ struct TmaTileStore {
       // next_j ^ rr, so the lane's part of the XOR is fixed and j's is a compile-time constant.
       return (tile + 2u * uint32_t((warp_row0 + 8 * v1 + rr) * 64)) ^ uint32_t((next_j ^ rr) << 4);
     }
-    CUTE_HOST_DEVICE static constexpr uint32_t address(uint32_t lane_base, int j) {  // j even
-      return (lane_base ^ uint32_t((j & 7) << 4)) + uint32_t((j >> 3) * kTileM * 64 * 2);
+    // Offset inside slab j / 8 (slabs are 1024-byte aligned, so the XOR never reaches the base).
+    CUTE_HOST_DEVICE static constexpr uint32_t slab_offset(uint32_t lane_offset, int j) {
+      return lane_offset ^ uint32_t((j & 7) << 4);
     }
-    __device__ MatrixWriter(SharedStorage& ss, int m_base)
-        : lane_base(lane_address(cute::cast_smem_ptr_to_uint(ss.d), m_base & ~7, int(threadIdx.x % 32))) {}
+    // Offset in a tile whose slabs are contiguous (the host test's view).
+    CUTE_HOST_DEVICE static constexpr uint32_t address(uint32_t lane_offset, int j) {  // j even
+      return slab_offset(lane_offset, j) + uint32_t(j >> 3) * kSlabBytes;
+    }
+    __device__ MatrixWriter(Staging const& st, int m_base)
+        : lane_offset(lane_address(0, m_base & ~7, int(threadIdx.x % 32))),
+          lent_a(cute::cast_smem_ptr_to_uint(st.lent_a)),
+          lent_b(cute::cast_smem_ptr_to_uint(st.lent_b)),
+          own(cute::cast_smem_ptr_to_uint(st.own)) {}
     // pairs (v1 = 0, j), (1, j), (0, j + 1), (1, j + 1); j even.
     __device__ void put(int j, uint32_t p0j, uint32_t p1j, uint32_t p0k, uint32_t p1k) const {
-      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address(lane_base, j)),
+      const int s = j >> 3;
+      const uint32_t base = s == 0 ? lent_a
+                            : s <= kLentBSlabs ? lent_b + uint32_t(s - 1) * kSlabBytes
+                                               : own + uint32_t(s - 1 - kLentBSlabs) * kSlabBytes;
+      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(base + slab_offset(lane_offset, j)),
                    "r"(p0j), "r"(p1j), "r"(p0k), "r"(p1k)
                    : "memory");
     }
   };
 
   // packed[2*j + v1]: pair (v1, j) of the thread.
-  __device__ static void write(SharedStorage& ss, const uint32_t (&packed)[kPacked], int m_base) {
-    const MatrixWriter writer(ss, m_base);
+  __device__ static void write(Staging const& st, const uint32_t (&packed)[kPacked], int m_base) {
+    const MatrixWriter writer(st, m_base);
 #pragma unroll
     for (int j = 0; j < kTileN / 8; j += 2) writer.put(j, packed[2 * j], packed[2 * j + 1], packed[2 * j + 2], packed[2 * j + 3]);
   }
 
-  // Stores the tile whose first row is `first_row` of the [num_rows, n_total] tensor.
-  __device__ static void commit(Tma const& tma, SharedStorage& ss, int first_row, int n_block, int num_rows,
+  // Stores the tile whose first row is `first_row` of the [num_rows, n_total] tensor: one box per
+  // slab that starts inside N (TMA clips a box at the tensor's edge).
+  __device__ static void commit(Tma const& tma, Staging const& st, int first_row, int n_block, int num_rows,
                                 int n_total, int consumer_thread) {
     using namespace cute;
     // Generic-proxy smem writes, then the async-proxy (TMA) read: fence, then gather the CTA.
     cutlass::arch::fence_view_async_shared();
     cutlass::arch::NamedBarrier::sync(kConsumerThreads, 0);
     if (consumer_thread == 0) {
-      Tensor sD = make_tensor(make_smem_ptr(ss.d), SmemLayout{});
       Tensor mD = tma.get_tma_tensor(make_shape(num_rows, n_total));
       // Expert tiles start at any row: shift the coordinate origin to the tile's first row.
-      Tensor gD = local_tile(domain_offset(make_coord(first_row, 0), mD), TileShape{}, make_coord(0, n_block));
-      auto [tDgD, tDsD] = tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sD), group_modes<0, 2>(gD));
-      copy(tma, tDsD, tDgD);
+      Tensor gD = local_tile(domain_offset(make_coord(first_row, 0), mD), SlabShape{}, make_coord(0, _));  // (BM,64,c)
+#pragma unroll
+      for (int s = 0; s < kSlabs; ++s) {
+        const int c = n_block * kSlabs + s;
+        if (c * 64 >= n_total) break;
+        Tensor sD = make_tensor(make_smem_ptr(slab(st.lent_a, st.lent_b, st.own, s)), SlabLayout{});
+        auto [tDgD, tDsD] = tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sD), group_modes<0, 2>(gD(_, _, c)));
+        copy(tma, tDsD, tDgD);
+      }
       tma_store_arrive();
     }
   }
@@ -183,6 +234,7 @@ struct EpilogueStoreTma {
   using Store = TmaTileStore<Cfg>;
   using Element = typename Store::Element;
   using SharedStorage = typename Store::SharedStorage;
+  static constexpr bool kBorrowsStage = true;  // stages its tile in the last mainloop stage (TmaTileStore)
   static constexpr int kTileM = Cfg::kTileM;
   static constexpr int kTileN = Cfg::kTileN;
 
@@ -202,7 +254,7 @@ struct EpilogueStoreTma {
 
   template <int kTileM_, int kTileN_, class Accum, class Coords>
   __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
-                               int n_total, SharedStorage& ss, int consumer_thread) {
+                               int n_total, typename Store::Staging const& ss, int consumer_thread) {
     using namespace cute;
     static_assert(kTileM_ == kTileM && kTileN_ == kTileN);
     static_assert(decltype(size(accum))::value == 2 * Store::kPacked, "m64 x kTileN fragment per thread");

@@ -111,6 +111,7 @@ struct EpilogueSwiGLUTma {
   using Store = TmaTileStore<Cfg>;
   using Element = typename Store::Element;
   using SharedStorage = typename Store::SharedStorage;
+  static constexpr bool kBorrowsStage = true;  // stages its tile in the last mainloop stage (TmaTileStore)
   static constexpr int kTileM = Cfg::kTileM;
   static constexpr int kTileN = Cfg::kTileN;
 
@@ -132,7 +133,7 @@ struct EpilogueSwiGLUTma {
 
   template <int kTileM_, int kTileN_, class Accum, class Coords>
   __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
-                               int n_total, SharedStorage& ss, int consumer_thread) {
+                               int n_total, typename Store::Staging const& ss, int consumer_thread) {
     using namespace cute;
     static_assert(kTileM_ == kTileM && kTileN_ == kTileN);
     static_assert(decltype(size(accum))::value == 2 * Store::kPacked, "m64 x kTileN fragment per thread");

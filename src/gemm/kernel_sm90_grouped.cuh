@@ -46,6 +46,13 @@ struct alignas(1024) GroupedKernelStorage {
   typename Epilogue::SharedStorage epilogue;
 };
 
+// An epilogue that stages its output tile in the tile's last mainloop stage (TmaTileStore).
+template <class Epilogue>
+constexpr bool borrows_stage() {
+  if constexpr (requires { Epilogue::kBorrowsStage; }) return Epilogue::kBorrowsStage;
+  return false;
+}
+
 template <class Cfg, class Mainloop, class Epilogue>
 constexpr bool epilogue_fits_schedule() {
   // Ping-pong warpgroups run their epilogues at the same time: they cannot share one staging tile.
@@ -93,6 +100,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     Tensor coords = thr_mma.partition_C(make_identity_tensor(Shape<Int<Cfg::kTileM>, Int<Cfg::kTileN>>{}));
     int stage = 0;
     uint32_t phase = 0;
+    int lent_stage = -1;  // borrows_stage: the stage the last epilogue staged its tile in
     // The next tile is looked up while this tile's last wgmma batch runs (mma's look_ahead hook),
     // not after its epilogue, where the lookup (the offsets' loads and a warp-wide scan) stood
     // between two tiles' tensor-core work.
@@ -130,11 +138,22 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #pragma unroll
           for (int i = 0; i < size(accum); ++i) accum(i) = 0.f;
         }
-        Mainloop::mma(tiled_mma, thr_mma, accum, ss, k_tiles, stage, phase, look_ahead);
+        if constexpr (borrows_stage<Epilogue>()) {
+          Mainloop::template mma<true>(tiled_mma, thr_mma, accum, ss, k_tiles, stage, phase, look_ahead, &lent_stage);
+        } else {
+          Mainloop::mma(tiled_mma, thr_mma, accum, ss, k_tiles, stage, phase, look_ahead);
+        }
         // Ping-pong: hand the tensor cores to the other warpgroup, if it has a next tile to wait with.
         if (Cfg::kPingPong && have_next) cutlass::arch::NamedBarrier::arrive(256, 2 - own_parity);
-        Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n,
-                                                            storage.epilogue, consumer_thread);
+        if constexpr (borrows_stage<Epilogue>()) {
+          const auto lent = Mainloop::stage_buffers(ss, lent_stage);
+          Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(
+              params.epilogue, accum, coords, work, ml.n, Epilogue::Store::staging(storage.epilogue, lent.a, lent.b),
+              consumer_thread);
+        } else {
+          Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n,
+                                                              storage.epilogue, consumer_thread);
+        }
       }
       work = next;
       have = have_next;

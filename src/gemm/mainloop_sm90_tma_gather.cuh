@@ -288,14 +288,32 @@ struct MainloopSm90TmaGather {
     }
   }
 
+  // A stage's two buffers, for an epilogue that borrows them as output staging (see mma).
+  struct StageBuffers {
+    Element* a;  // kTileM x kTileK
+    Element* b;  // kTileN x kTileK
+  };
+  __device__ static StageBuffers stage_buffers(SharedStorage& ss, int stage) {
+    return {ss.a + stage * (kTileM * kTileK), ss.b + stage * (kTileN * kTileK)};  // the stage mode is outermost
+  }
+
   // Consumer: one output tile's k-loop, accumulating onto `accum`. stage/phase persist across
   // tiles. One k-tile's wgmma batch stays in flight while the next one is issued; a stage is released once
   // the batch that read it has retired (warpgroup_wait<1>).
+  //
+  // kLend (cooperative only): the epilogue borrows the tile's last stage as output staging
+  // (TmaTileStore). That stage is not released at the end of the k-loop but handed out in
+  // `lent`; the next call gives it back after its second k-tile's wgmmas are issued, once the bulk
+  // stores that read it are done reading: consumer thread 0 issued them (TmaTileStore::commit) and
+  // waits for them, and the empty barrier completes only with its warp's arrival. So 4 stages
+  // fit beside a 128x256 output tile: the staging costs one stage's worth less in the k-loop only
+  // while the previous tile's store drains.
   // look_ahead() runs (warp-wide) once the last k-tile's batch is issued, while it executes.
-  template <class ThrMma, class Accum, class LookAhead>
+  template <bool kLend = false, class ThrMma, class Accum, class LookAhead>
   __device__ static void mma(TiledMma& tiled_mma, ThrMma const& thr_mma, Accum& accum, SharedStorage& ss,
-                             int k_tiles, int& stage, uint32_t& phase, LookAhead&& look_ahead) {
+                             int k_tiles, int& stage, uint32_t& phase, LookAhead&& look_ahead, int* lent = nullptr) {
     using namespace cute;
+    static_assert(!kLend || !Cfg::kPingPong, "a lent stage is given back by the tile's single store thread");
     Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
     Tensor sB = make_tensor(make_smem_ptr(ss.b), SmemLayoutB{});
     Tensor tCsA = thr_mma.partition_A(sA);  // (MMA,MMA_M,MMA_K,stage)
@@ -303,6 +321,14 @@ struct MainloopSm90TmaGather {
     Tensor tCrA = thr_mma.make_fragment_A(tCsA);  // smem descriptors
     Tensor tCrB = thr_mma.make_fragment_B(tCsB);
     const bool lane0 = (threadIdx.x & 31) == 0;
+    auto give_back = [&] {
+      if constexpr (kLend) {
+        if (*lent < 0) return;
+        if (threadIdx.x == 128) cute::tma_store_wait<0>();  // consumer thread 0: the store issuer
+        if (lane0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[*lent]);
+        *lent = -1;
+      }
+    };
 
     // The caller initialised the accumulators (bias or zero; see init_accumulators_with_bias).
     tiled_mma.accumulate_ = GMMA::ScaleOut::One;
@@ -310,8 +336,8 @@ struct MainloopSm90TmaGather {
     warpgroup_fence_operand(accum);
     for (int kt = 0; kt < k_tiles; ++kt) {
       cutlass::arch::ClusterTransactionBarrier::wait(&ss.full[stage], phase);
-      // Gathered A was written by cp.async (generic proxy); wgmma reads through the async
-      // proxy. Order them explicitly (TMA writes through the async proxy already).
+      // Gathered A was written by cp.async (generic proxy); wgmma reads through the async proxy.
+      // Order them explicitly (TMA writes through the async proxy already).
       if constexpr (!kTmaA) cutlass::arch::fence_view_async_shared();
       warpgroup_fence_operand(accum);
       warpgroup_arrive();
@@ -325,6 +351,7 @@ struct MainloopSm90TmaGather {
         warpgroup_wait<1>();  // the previous k-tile's batch has retired: its stage is free
         if (lane0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[release_stage]);
         release_stage = release_stage + 1 == kStages ? 0 : release_stage + 1;
+        if (kt == 1) give_back();
       }
       if (++stage == kStages) {
         stage = 0;
@@ -334,7 +361,12 @@ struct MainloopSm90TmaGather {
     look_ahead();
     warpgroup_wait<0>();
     warpgroup_fence_operand(accum);
-    if (lane0 && k_tiles > 0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[release_stage]);
+    if constexpr (kLend) {
+      give_back();  // fewer than 2 k-tiles
+      *lent = release_stage;  // k_tiles >= 1: K is a validated positive multiple of 8
+    } else {
+      if (lane0 && k_tiles > 0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[release_stage]);
+    }
   }
 };
 

@@ -80,12 +80,12 @@ template <int kStagesT>
 using TileConfigPingPong64x256 = TileConfigSm90<true, kStagesT>;
 
 // The configuration each role uses today.
-using UpProjTile = TileConfig128x256<3>;
+using UpProjTile = TileConfig128x256<4>;
 // down-proj and dX̃ measured slower (H200, same call as this tile, 2026-11-28; 7B / 30B n=512 /
 // n=1024): cooperative 256x128 (cuBLAS's dense tile) 0.89-0.98x; 4 stages with register stores
 // instead of 3 + the TMA-store staging 0.54-0.85x; ping-pong tiles and 2-CTA clusters 0.74-1.00x.
-using DownProjTile = TileConfig128x256<3>;
-using UpProjInputGradTile = TileConfig128x256<3>;
+using DownProjTile = TileConfig128x256<4>;
+using UpProjInputGradTile = TileConfig128x256<4>;
 // dH: two tiles, chosen by the length of the k-loop (hidden). Its epilogue (load H, write dH,
 // s·A, partial dS from registers) is long: with a short k-loop ping-pong hides it behind the
 // other warpgroup's wgmmas (7B, d = 1536: ping-pong 406, cooperative 386 TFLOPS; the first

@@ -407,6 +407,26 @@ TEST(GroupedGemmUpProjInputGrad, ManyTilesPerCta) {
   run_up_proj_input_grad({"dx many tiles d=264 n=136", many_tile_counts(seed_for_test() + 8), 264, 136});
 }
 
+// The TMA-store epilogues stage a tile in the shared memory of its last k-tile's stage and give
+// that stage back during the next tile's k-loop (after its second k-tile, or at its end when it
+// has fewer): short k-loops of one and two k-tiles, with many tiles per CTA.
+TEST(GroupedGemmDownProj, ManyTilesPerCtaShortK) {
+  SONICMOE_SKIP_WITHOUT_HOPPER();
+  run_down_proj({"down many tiles d=520 n=56", many_tile_counts(seed_for_test() + 12), 520, 56, true});
+  run_down_proj({"down many tiles d=264 n=120", many_tile_counts(seed_for_test() + 13), 264, 120, false});
+}
+
+TEST(GroupedGemmUpProj, ManyTilesPerCtaShortK) {
+  SONICMOE_SKIP_WITHOUT_HOPPER();
+  run_up_proj({"up many tiles d=64 n=136", many_tile_counts(seed_for_test() + 14), 4096, 64, 136, true});
+  run_up_proj({"up many tiles d=128 n=264", many_tile_counts(seed_for_test() + 15), 4096, 128, 264, false});
+}
+
+TEST(GroupedGemmUpProjInputGrad, ManyTilesPerCtaShortK) {
+  SONICMOE_SKIP_WITHOUT_HOPPER();
+  run_up_proj_input_grad({"dx many tiles d=264 n=32", many_tile_counts(seed_for_test() + 16), 264, 32});
+}
+
 // A launch records into a CUDA graph (no host synchronisation inside) and replays correctly.
 TEST(GroupedGemmUpProj, CapturesIntoCudaGraph) {
   SONICMOE_SKIP_WITHOUT_HOPPER();
