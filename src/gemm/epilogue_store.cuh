@@ -128,10 +128,13 @@ struct TmaTileStore {
   __device__ static Staging staging(SharedStorage& ss, Element* lent_a, Element* lent_b) {
     return {lent_a, lent_b, ss.own[0]};
   }
-  // Slab s's first element, s a compile-time index after unrolling (an immediate offset).
-  template <class Ptr>
-  CUTE_HOST_DEVICE static Ptr slab(Ptr lent_a, Ptr lent_b, Ptr own, int s) {
-    return s == 0 ? lent_a : s <= kLentBSlabs ? lent_b + (s - 1) * kSlabElements : own + (s - 1 - kLentBSlabs) * kSlabElements;
+  // Slab s of the staging, as a pointer (slab_size = kSlabElements) or a shared address
+  // (kSlabBytes); s is a compile-time index after unrolling, so the offset is an immediate.
+  template <class T>
+  CUTE_HOST_DEVICE static T slab(T lent_a, T lent_b, T own, int s, int slab_size) {
+    if (s == 0) return lent_a;
+    if (s <= kLentBSlabs) return lent_b + (s - 1) * slab_size;
+    return own + (s - 1 - kLentBSlabs) * slab_size;
   }
 
   // The output tensor [rows, n] row-major as TMA sees it, one slab per box.
@@ -182,12 +185,9 @@ struct TmaTileStore {
           own(cute::cast_smem_ptr_to_uint(st.own)) {}
     // pairs (v1 = 0, j), (1, j), (0, j + 1), (1, j + 1); j even.
     __device__ void put(int j, uint32_t p0j, uint32_t p1j, uint32_t p0k, uint32_t p1k) const {
-      const int s = j >> 3;
-      const uint32_t base = s == 0 ? lent_a
-                            : s <= kLentBSlabs ? lent_b + uint32_t(s - 1) * kSlabBytes
-                                               : own + uint32_t(s - 1 - kLentBSlabs) * kSlabBytes;
-      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(base + slab_offset(lane_offset, j)),
-                   "r"(p0j), "r"(p1j), "r"(p0k), "r"(p1k)
+      const uint32_t addr = slab(lent_a, lent_b, own, j >> 3, int(kSlabBytes)) + slab_offset(lane_offset, j);
+      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(p0j),
+                   "r"(p1j), "r"(p0k), "r"(p1k)
                    : "memory");
     }
   };
@@ -215,8 +215,9 @@ struct TmaTileStore {
       for (int s = 0; s < kSlabs; ++s) {
         const int c = n_block * kSlabs + s;
         if (c * 64 >= n_total) break;
-        Tensor sD = make_tensor(make_smem_ptr(slab(st.lent_a, st.lent_b, st.own, s)), SlabLayout{});
-        auto [tDgD, tDsD] = tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sD), group_modes<0, 2>(gD(_, _, c)));
+        Tensor sD = make_tensor(make_smem_ptr(slab(st.lent_a, st.lent_b, st.own, s, kSlabElements)), SlabLayout{});
+        auto [tDgD, tDsD] =
+            tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sD), group_modes<0, 2>(gD(_, _, c)));
         copy(tma, tDsD, tDgD);
       }
       tma_store_arrive();

@@ -15,18 +15,20 @@ namespace sonicmoe::gemm {
 // warpgroups (64 rows each, wgmma m64n256k16) and one producer warpgroup.
 //
 // Shared memory per stage: A 128x64 bf16 = 16 KiB + B 256x64 bf16 = 32 KiB = 48 KiB, of the
-// 227 KiB a CTA may use on sm_90 (+64 B of barriers, +1 KiB alignment slack):
-//   3 stages = 144 KiB + a 128x256 bf16 output tile (64 KiB) = 208 KiB for the TMA-store
-//   epilogues (H of up-proj, Y of down-proj, dX̃). Overlapping a tile's store with the next
-//   tile's wgmmas measured worth more than a 4th stage (H200, (T,d,n,E,K) = (24576,1536,256,
-//   128,8)): down-proj 217 -> 409-429 TFLOPS, up-proj 433-436 (4 stages, register stores) ->
-//   497 (3 stages, H by TMA store, A from registers).
-//   4 stages = 192 KiB fit only with the register-store epilogues (EpilogueStore,
-//   EpilogueSwiGLU), which leave no room for the output tile.
+// 227 KiB a CTA may use on sm_90 (+64 B of barriers, +1 KiB alignment slack): 4 stages = 192 KiB.
+// The TMA-store epilogues (H of up-proj, Y of down-proj, dX̃) stage their 128x256 bf16 output
+// tile (64 KiB) in the buffers of the tile's last stage (48 KiB, lent until the next tile's
+// second k-tile) plus 16 KiB of their own: 208 KiB. Overlapping a tile's store with the next
+// tile's wgmmas measured worth more than a 4th stage when they competed for the room (H200,
+// (T,d,n,E,K) = (24576,1536,256,128,8)): down-proj 217 -> 409-429 TFLOPS, up-proj 433-436
+// (4 stages, register stores) -> 497 (3 stages, H by TMA store, A from registers). Borrowing the
+// stage gives both. Against 3 stages + a 64 KiB staging tile (same call, H200, 2026-11-28; 7B /
+// 30B n=512 / n=1024): alone 0.98-1.02x; with the next tile looked up during the last wgmma
+// batch (kernel_sm90_grouped.cuh) up-proj 1.05 / 0.99 / 1.01x, down-proj 1.04 / 1.06 / 1.03x,
+// dX̃ 1.05 / 1.03 / 1.02x.
 //   Rejected by measurement: staging the tile in two 128-column halves through one 32 KiB
-//   buffer to fit 4 stages + TMA store (224 KiB). ncu had shown the 3-stage up-proj producer
-//   waiting for free stages while its consumers waited for data; with 4 stages the consumers
-//   waited on their own wgmmas instead, and the roles got slower (H200, same call):
+//   buffer to fit 4 stages + TMA store (224 KiB): the second half waited for the first half's
+//   store inside the epilogue, and the roles got slower (H200, same call):
 //   up-proj 502 -> 503 / 577 -> 566, down-proj 409 -> 397 / 495 -> 448, dX̃ 543 -> 498 /
 //   571 -> 540 TFLOPS at (24576,1536,256,128,8) / (32768,4096,512,128,8).
 //
