@@ -1,7 +1,8 @@
 // src/gemm/epilogue_store.cuh — plain epilogues: optional per-expert bias, bf16 store of the
 // tile (down-projection Y, dX̃). Rows past the expert's end and columns past N are not stored.
 //   EpilogueStore:       bf16x2 stores straight from registers (simple, synchronous).
-//   EpilogueStoreTma<C>: full tiles go registers -> swizzled smem -> one asynchronous TMA store,
+//   EpilogueStoreTma<C>: full tiles go registers -> swizzled smem (mostly the tile's last
+//                        mainloop stage, lent for it: TmaTileStore) -> asynchronous TMA stores,
 //                        so the consumers start the next tile's wgmmas while the TMA engine
 //                        drains the tile; a tile cut by its expert's end (at most one per expert
 //                        and n-block) falls back to register stores, because TMA clips only at

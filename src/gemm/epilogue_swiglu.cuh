@@ -11,7 +11,7 @@
 //                         (QuadTranspose); tiles cut by the expert's end or by N use
 //                         EpilogueSwiGLU.
 // A is always computed from the fp32 (gate, up) values, before H is rounded to bf16. The bias
-// is already in the accumulators (load_bias_into_accumulators, epilogue_store.cuh).
+// is already in the accumulators (init_accumulators_with_bias, epilogue_store.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
