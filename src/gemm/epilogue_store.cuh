@@ -146,6 +146,10 @@ struct TmaTileStore {
   }
   using Tma = decltype(make_tma(nullptr, 1, 8));
 
+  // Two jobs: the previous tile's stores have finished reading the own slab, and both consumer
+  // warpgroups have drained their wgmmas, which read all of the lent stage's B buffer (each
+  // warpgroup writes B slabs in its own rows only after the other's wgmmas retired). The second
+  // makes this barrier necessary even though the lent stage comes back only after a store wait.
   __device__ static void begin(int consumer_thread) {
     if (consumer_thread == 0) cute::tma_store_wait<0>();
     cutlass::arch::NamedBarrier::sync(kConsumerThreads, 0);
@@ -171,7 +175,9 @@ struct TmaTileStore {
       // next_j ^ rr, so the lane's part of the XOR is fixed and j's is a compile-time constant.
       return (tile + 2u * uint32_t((warp_row0 + 8 * v1 + rr) * 64)) ^ uint32_t((next_j ^ rr) << 4);
     }
-    // Offset inside slab j / 8 (slabs are 1024-byte aligned, so the XOR never reaches the base).
+    // Offset inside slab j / 8. The hardware swizzle (stmatrix writer and TMA reader alike) works
+    // on absolute address bits 4-9, so the slabs must be 1024-byte aligned for this 0-based
+    // offset to land where TMA reads it.
     CUTE_HOST_DEVICE static constexpr uint32_t slab_offset(uint32_t lane_offset, int j) {
       return lane_offset ^ uint32_t((j & 7) << 4);
     }

@@ -306,14 +306,18 @@ struct MainloopSm90TmaGather {
   // `lent`; the next call gives it back after its second k-tile's wgmmas are issued, once the bulk
   // stores that read it are done reading: consumer thread 0 issued them (TmaTileStore::commit) and
   // waits for them, and the empty barrier completes only with its warp's arrival. So 4 stages
-  // fit beside a 128x256 output tile: the staging costs one stage's worth less in the k-loop only
-  // while the previous tile's store drains.
+  // fit beside a 128x256 output tile; the lent stage is missing from the ring from the end of a
+  // tile's k-loop to the next tile's second k-tile (also after a tile whose epilogue fell back to
+  // register stores and staged nothing), and if its stores are still reading then, thread 0's
+  // wait holds back its warpgroup's next wgmmas. The next tile's first two k-tiles use the two
+  // stages after the lent one, hence kStages >= 3.
   // look_ahead() runs (warp-wide) once the last k-tile's batch is issued, while it executes.
   template <bool kLend = false, class ThrMma, class Accum, class LookAhead>
   __device__ static void mma(TiledMma& tiled_mma, ThrMma const& thr_mma, Accum& accum, SharedStorage& ss,
                              int k_tiles, int& stage, uint32_t& phase, LookAhead&& look_ahead, int* lent = nullptr) {
     using namespace cute;
     static_assert(!kLend || !Cfg::kPingPong, "a lent stage is given back by the tile's single store thread");
+    static_assert(!kLend || kStages >= 3, "the lent stage comes back only after the next tile's second k-tile");
     Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
     Tensor sB = make_tensor(make_smem_ptr(ss.b), SmemLayoutB{});
     Tensor tCsA = thr_mma.partition_A(sA);  // (MMA,MMA_M,MMA_K,stage)

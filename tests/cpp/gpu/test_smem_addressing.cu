@@ -134,6 +134,35 @@ TEST(SmemAddressing, TmaStoreStagingMatchesCuteLayout) {
   check_store_staging<UpProjInputGradTile>();
 }
 
+// The staging slabs as the kernel places them (TmaTileStore::slab): slab 0 is the lent stage's A
+// buffer, the next kLentBSlabs its B buffer, the rest the epilogue's own memory; a stage's
+// buffers are whole slabs, and every slab lies inside its buffer, none overlapping another.
+template <class Cfg>
+void check_staging_slabs() {
+  using Store = TmaTileStore<Cfg>;
+  static_assert(Cfg::kTileM * Cfg::kTileK == Store::kSlabElements, "a stage's A buffer is one slab");
+  static_assert(Cfg::kTileN * Cfg::kTileK == Store::kLentBSlabs * Store::kSlabElements, "B is whole slabs");
+  const uint32_t bytes = Store::kSlabBytes;
+  const uint32_t a = 1u << 20, b = 2u << 20, own = 3u << 20;  // three separate buffers
+  const uint32_t a_end = a + bytes, b_end = b + Store::kLentBSlabs * bytes, own_end = own + Store::kOwnSlabs * bytes;
+  std::vector<uint32_t> seen;
+  for (int s = 0; s < Store::kSlabs; ++s) {
+    const uint32_t at = Store::slab(a, b, own, s, int(bytes));
+    const bool in_a = at >= a && at + bytes <= a_end, in_b = at >= b && at + bytes <= b_end,
+               in_own = at >= own && at + bytes <= own_end;
+    ASSERT_TRUE(s == 0 ? in_a : s <= Store::kLentBSlabs ? in_b : in_own) << "slab " << s;
+    ASSERT_EQ(at % bytes, 0u) << "slab " << s;
+    for (uint32_t other : seen) ASSERT_NE(at, other) << "slab " << s;
+    seen.push_back(at);
+  }
+}
+
+TEST(SmemAddressing, TmaStoreStagingSlabsInLentStageAndOwnMemory) {
+  check_staging_slabs<UpProjTile>();
+  check_staging_slabs<DownProjTile>();
+  check_staging_slabs<UpProjInputGradTile>();
+}
+
 // The epilogues index the accumulator fragment by hand: value i of a consumer thread sits at row
 // r0 + 8*((i/2) % 2), column c0 + i % 2 + 8*(i/4) of the tile, with (r0 % 16) < 8 and c0 < 8 even
 // (TmaTileStore::write, the dSwiGLU epilogue). Checked here against CuTe's partition of the
