@@ -4,7 +4,8 @@ For each shape (T, d, n, E, K) with uniform random top-K routing, times on the c
   - torch.nn.functional.grouped_mm (or torch._grouped_mm on older builds) on the contiguous
     grouped problem, alone, with the separate gather where our kernel fuses one, and with the
     gather and the activation (SwiGLU after up-proj; dSwiGLU, A' and dS after dH) where our
-    kernel fuses both: the "same work" path issue 3's 1.1x target is measured against, and
+    kernel fuses both (the "same work" path; for dH, docs/performance.md reports the ratio
+    against both it and the gather + grouped_mm path, and counts the latter), and
   - a dense cuBLAS GEMM (torch.mm) with the same FLOPs,
 as medians of CUDA-event timings after warm-up, rotating several input sets so the L2 cache does
 not flatter the numbers. Prints a table and writes JSON. Run on the device machine:

@@ -18,8 +18,9 @@ namespace sonicmoe::gemm {
 // 227 KiB a CTA may use on sm_90 (+64 B of barriers, +1 KiB alignment slack): 4 stages = 192 KiB.
 // The TMA-store epilogues (H of up-proj, Y of down-proj, dX̃) stage their 128x256 bf16 output
 // tile (64 KiB) in the buffers of the tile's last stage (48 KiB, lent until the next tile's
-// second k-tile) plus 16 KiB of their own: 208 KiB (+ barriers, padded to 1 KiB). Overlapping a tile's store with the next
-// tile's wgmmas measured worth more than a 4th stage when they competed for the room (H200,
+// second k-tile) plus 16 KiB of their own: 208 KiB (+ barriers, padded to 1 KiB). Overlapping a
+// tile's store with the next tile's wgmmas measured worth more than a 4th stage when they
+// competed for the room (H200,
 // (T,d,n,E,K) = (24576,1536,256,128,8)): down-proj 217 -> 409-429 TFLOPS, up-proj 433-436
 // (4 stages, register stores) -> 497 (3 stages, H by TMA store, A from registers). Borrowing the
 // stage gives both. Against 3 stages + a 64 KiB staging tile (same call, H200, 2026-11-28; 7B /
