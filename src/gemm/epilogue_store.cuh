@@ -206,29 +206,87 @@ struct TmaTileStore {
     for (int j = 0; j < kTileN / 8; j += 2) writer.put(j, packed[2 * j], packed[2 * j + 1], packed[2 * j + 2], packed[2 * j + 3]);
   }
 
-  // Stores the tile whose first row is `first_row` of the [num_rows, n_total] tensor: one box per
-  // slab that starts inside N (TMA clips a box at the tensor's edge).
-  __device__ static void commit(Tma const& tma, Staging const& st, int first_row, int n_block, int num_rows,
-                                int n_total, int consumer_thread) {
+  // The tile staged transposed, as the kTileN x kTileM tile Cᵀ (dW1 is computed as C = xᵀ·dH and
+  // stored as dW1 = Cᵀ). stmatrix.trans writes each 8x8 matrix of the fragment transposed: lane L
+  // gives the address of row L % 8 of the stored matrix L / 8, i.e. of column 8*(j + (L/8)/2) +
+  // L % 8 of C, and the 8 C rows m_base & ~7 + 8*((L/8) % 2) .. +8 land in that row's 16 bytes.
+  // Slabs of kTileM Cᵀ rows x 64 Cᵀ columns; slab s holds Cᵀ rows kTileM*(s / kSlabColsT) .. and
+  // columns 64*(s % kSlabColsT) .., so a warp's 16 C rows stay in the slab column of its
+  // warpgroup (checked byte for byte on the host).
+  static constexpr int kSlabColsT = kTileM / 64;
+  static constexpr int kColsPerSlabRowT = kTileM / 8;  // C columns j (groups of 8) per slab row
+  static_assert(kTileM % 64 == 0 && kColsPerSlabRowT % 2 == 0, "x4 matrices stay inside one slab");
+  static constexpr int kSlabRowsT = kSlabs / kSlabColsT;
+  struct TransposedMatrixWriter {
+    uint32_t lane_offset;             // this lane's Cᵀ row for j = 0, swizzled, inside its slab
+    uint32_t slab_base[kSlabRowsT];   // the slabs of the warp's slab column (its 64 C rows)
+    CUTE_HOST_DEVICE static constexpr uint32_t lane_address(int warp_row0, int lane) {
+      const int rr = lane % 8, v1 = (lane / 8) & 1, next_j = lane / 16;
+      const int chunk = (warp_row0 % 64) / 8 + v1;  // the 16 bytes of C rows warp_row0 + 8*v1 ..
+      return uint32_t((8 * next_j + rr) * 128) + uint32_t((chunk ^ rr) << 4);
+    }
+    // Slab and offset of pair group j (even): Cᵀ rows 8j .. lie kTileM-row slabs further down.
+    CUTE_HOST_DEVICE static constexpr int slab_index(int slab_col, int j) {
+      return (j / kColsPerSlabRowT) * kSlabColsT + slab_col;
+    }
+    CUTE_HOST_DEVICE static constexpr uint32_t slab_offset(uint32_t lane_offset, int j) {
+      return lane_offset + uint32_t((j % kColsPerSlabRowT) * 8 * 128);  // 8 Cᵀ rows of 128 bytes per j
+    }
+    __device__ TransposedMatrixWriter(Staging const& st, int m_base)
+        : lane_offset(lane_address(m_base & ~7, int(threadIdx.x % 32))) {
+      const uint32_t a = cute::cast_smem_ptr_to_uint(st.lent_a), b = cute::cast_smem_ptr_to_uint(st.lent_b),
+                     o = cute::cast_smem_ptr_to_uint(st.own);
+#pragma unroll
+      for (int r = 0; r < kSlabRowsT; ++r)
+        slab_base[r] = slab(a, b, o, slab_index((m_base & ~7) / 64, r * kColsPerSlabRowT), int(kSlabBytes));
+    }
+    // pairs (v1 = 0, j), (1, j), (0, j + 1), (1, j + 1); j even.
+    __device__ void put(int j, uint32_t p0j, uint32_t p1j, uint32_t p0k, uint32_t p1k) const {
+      const uint32_t addr = slab_base[j / kColsPerSlabRowT] + slab_offset(lane_offset, j);
+      asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
+                   "r"(p0j), "r"(p1j), "r"(p0k), "r"(p1k)
+                   : "memory");
+    }
+  };
+
+  __device__ static void write_transposed(Staging const& st, const uint32_t (&packed)[kPacked], int m_base) {
+    const TransposedMatrixWriter writer(st, m_base);
+#pragma unroll
+    for (int j = 0; j < kTileN / 8; j += 2) writer.put(j, packed[2 * j], packed[2 * j + 1], packed[2 * j + 2], packed[2 * j + 3]);
+  }
+
+  // Stores the staged tile into the [num_rows, num_cols] tensor: slab s goes to rows first_row +
+  // kTileM * (s / kSlabCols) and 64-column block first_col_block + s % kSlabCols (kSlabCols =
+  // kSlabs for the tile as written by write(), kSlabColsT for write_transposed()); a slab that
+  // starts past num_cols is skipped, and TMA clips a box at the tensor's edges.
+  template <int kSlabCols>
+  __device__ static void commit(Tma const& tma, Staging const& st, int first_row, int first_col_block, int num_rows,
+                                int num_cols, int consumer_thread) {
     using namespace cute;
+    static_assert(kSlabs % kSlabCols == 0, "whole rows of slabs");
     // Generic-proxy smem writes, then the async-proxy (TMA) read: fence, then gather the CTA.
     cutlass::arch::fence_view_async_shared();
     cutlass::arch::NamedBarrier::sync(kConsumerThreads, 0);
     if (consumer_thread == 0) {
-      Tensor mD = tma.get_tma_tensor(make_shape(num_rows, n_total));
+      Tensor mD = tma.get_tma_tensor(make_shape(num_rows, num_cols));
       // Expert tiles start at any row: shift the coordinate origin to the tile's first row.
-      Tensor gD = local_tile(domain_offset(make_coord(first_row, 0), mD), SlabShape{}, make_coord(0, _));  // (BM,64,c)
+      Tensor gD = local_tile(domain_offset(make_coord(first_row, 0), mD), SlabShape{}, make_coord(_, _));  // (BM,64,r,c)
 #pragma unroll
       for (int s = 0; s < kSlabs; ++s) {
-        const int c = n_block * kSlabs + s;
-        if (c * 64 >= n_total) break;
+        const int c = first_col_block + s % kSlabCols;
+        if (c * 64 >= num_cols) continue;
         Tensor sD = make_tensor(make_smem_ptr(slab(st.lent_a, st.lent_b, st.own, s, kSlabElements)), SlabLayout{});
-        auto [tDgD, tDsD] =
-            tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sD), group_modes<0, 2>(gD(_, _, c)));
+        auto [tDgD, tDsD] = tma_partition(tma, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sD),
+                                          group_modes<0, 2>(gD(_, _, s / kSlabCols, c)));
         copy(tma, tDsD, tDgD);
       }
       tma_store_arrive();
     }
+  }
+  // The tile as written by write(): kSlabs slabs side by side from n-block n_block.
+  __device__ static void commit(Tma const& tma, Staging const& st, int first_row, int n_block, int num_rows,
+                                int n_total, int consumer_thread) {
+    commit<kSlabs>(tma, st, first_row, n_block * kSlabs, num_rows, n_total, consumer_thread);
   }
 
   // The CTA may not exit while a bulk store still reads its shared memory.

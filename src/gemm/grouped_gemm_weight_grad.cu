@@ -19,6 +19,8 @@ using Cfg = gemm::WeightGradTile;
 // cp.async; the right one comes by TMA. One mainloop for both.
 using Mainloop = gemm::MainloopSm90CpAsyncVarlenK<Cfg>;
 using Element = Mainloop::Element;
+using StoreDownProjWeightGrad = gemm::EpilogueWeightGradTma<Cfg, false>;  // dW2 [E, d, n]
+using StoreUpProjWeightGrad = gemm::EpilogueWeightGradTma<Cfg, true>;     // dW1 [E, 2n, d] = Cᵀ
 
 }  // namespace
 
@@ -64,14 +66,19 @@ Status grouped_gemm_down_proj_weight_grad(const DownProjWeightGradParams& p, cud
   SONICMOE_RETURN_IF_ERROR(validate(p));
   if (p.num_rows == 0) return zero_gradient(p.grad_w2, p.num_experts * p.hidden * p.intermediate, stream);
   const auto* a_scaled = reinterpret_cast<const Element*>(p.a_scaled);
-  const gemm::GroupedKernelParams<Mainloop, gemm::EpilogueWeightGrad> params{
+  auto* grad_w2 = reinterpret_cast<__nv_bfloat16*>(p.grad_w2);
+  const gemm::GroupedKernelParams<Mainloop, StoreDownProjWeightGrad> params{
       .mainloop = {.left = {reinterpret_cast<const Element*>(p.grad_out), p.hidden, p.gather_idx, p.num_tokens},
                    .right = {a_scaled, p.intermediate, nullptr, p.num_rows},
                    .m = int(p.hidden),
                    .n = int(p.intermediate),
                    .tma = Mainloop::make_tma_contig(a_scaled, int(p.intermediate), int(p.num_rows),
                                                    p.intermediate)},
-      .epilogue = {.out = reinterpret_cast<__nv_bfloat16*>(p.grad_w2), .m = int(p.hidden)},
+      .epilogue = {.tma = StoreDownProjWeightGrad::make_tma(grad_w2, int(p.num_experts), int(p.hidden),
+                                                            int(p.intermediate)),
+                   .out = grad_w2,
+                   .m = int(p.hidden),
+                   .experts = int(p.num_experts)},
       .expert_offsets = p.expert_offsets,
       .num_experts = int(p.num_experts),
       .num_rows = int(p.num_rows)};
@@ -83,13 +90,18 @@ Status grouped_gemm_up_proj_weight_grad(const UpProjWeightGradParams& p, cudaStr
   if (p.num_rows == 0) return zero_gradient(p.grad_w1, p.num_experts * p.h_cols * p.hidden, stream);
   const auto* grad_h = reinterpret_cast<const Element*>(p.grad_h);
   // C[m, n] = Σ_rows x[gather(r), m] · dH[r, n] = dW1_e[n, m]: stored transposed.
-  const gemm::GroupedKernelParams<Mainloop, gemm::EpilogueWeightGradTransposed> params{
+  auto* grad_w1 = reinterpret_cast<__nv_bfloat16*>(p.grad_w1);
+  const gemm::GroupedKernelParams<Mainloop, StoreUpProjWeightGrad> params{
       .mainloop = {.left = {reinterpret_cast<const Element*>(p.x), p.hidden, p.gather_idx, p.num_tokens},
                    .right = {grad_h, p.h_cols, nullptr, p.num_rows},
                    .m = int(p.hidden),
                    .n = int(p.h_cols),
                    .tma = Mainloop::make_tma_contig(grad_h, int(p.h_cols), int(p.num_rows), p.h_cols)},
-      .epilogue = {.out = reinterpret_cast<__nv_bfloat16*>(p.grad_w1), .m = int(p.hidden)},
+      .epilogue = {.tma = StoreUpProjWeightGrad::make_tma(grad_w1, int(p.num_experts), int(p.hidden),
+                                                          int(p.h_cols)),
+                   .out = grad_w1,
+                   .m = int(p.hidden),
+                   .experts = int(p.num_experts)},
       .expert_offsets = p.expert_offsets,
       .num_experts = int(p.num_experts),
       .num_rows = int(p.num_rows)};

@@ -15,7 +15,7 @@
 // ahead across tile boundaries (it only waits for free stages), so the next tile's loads overlap
 // the current tile's epilogue. A TMA-store epilogue (borrows_stage) stages its tile in the
 // shared memory of the tile's last stage, which the mainloop lends it until the next tile's
-// second k-tile (MainloopSm90TmaGather::mma<kLend>).
+// second k-tile (consume_k_tiles<kLend>, consumer_k_loop_sm90.cuh).
 //
 // The Epilogue policy (EpilogueStore[Tma], EpilogueSwiGLU[Tma], ...) provides
 //   Params, SharedStorage (may be empty), prefetch(params), finish(consumer_thread),
@@ -159,7 +159,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         // Ping-pong: hand the tensor cores to the other warpgroup, if it has a next tile to wait with.
         if (Cfg::kPingPong && have_next) cutlass::arch::NamedBarrier::arrive(256, 2 - own_parity);
         if constexpr (borrows_stage<Epilogue>()) {
-          const auto lent = Mainloop::stage_buffers(ss, lent_stage);
+          // No stage is lent after a tile without k-tiles (varlen K, an expert without rows); its
+          // epilogue does not stage (EpilogueWeightGradTma), so any stage's buffers may stand in.
+          const auto lent = Mainloop::stage_buffers(ss, lent_stage < 0 ? 0 : lent_stage);
           Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(
               params.epilogue, accum, coords, work, ml.n, Epilogue::Store::staging(storage.epilogue, lent.a, lent.b),
               consumer_thread);

@@ -22,6 +22,7 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/bfloat16.h>
 
+#include "gemm/consumer_k_loop_sm90.cuh"
 #include "gemm/scheduler_varlen_k.cuh"
 
 namespace sonicmoe::gemm {
@@ -273,51 +274,28 @@ struct MainloopSm90CpAsyncVarlenK {
     cute::cp_async_wait<0>();
   }
 
+  // A stage's two buffers, for an epilogue that borrows them as output staging (see mma).
+  struct StageBuffers {
+    Element* a;  // kTileM x kTileK
+    Element* b;  // kTileN x kTileK
+  };
+  __device__ static StageBuffers stage_buffers(SharedStorage& ss, int stage) {
+    return {ss.a + stage * (kTileM * kTileK), ss.b + stage * (kTileN * kTileK)};  // the stage mode is outermost
+  }
+
   // One output tile's reduction, accumulated onto `accum` (the kernel zeroes it first, so an
-  // expert without rows gets a zero gradient).
-  // look_ahead() runs (warp-wide) once the last k-tile's batch is issued, while it executes.
-  template <class ThrMma, class Accum, class LookAhead>
+  // expert without rows gets a zero gradient): consume_k_tiles. kLend: the TMA-store epilogue
+  // borrows the tile's last stage (none for an expert without rows: `*lent` = -1).
+  template <bool kLend = false, class ThrMma, class Accum, class LookAhead>
   __device__ static void mma(TiledMma& tiled_mma, ThrMma const& thr_mma, Accum& accum, SharedStorage& ss,
-                             int tiles, int& stage, uint32_t& phase, LookAhead&& look_ahead) {
+                             int tiles, int& stage, uint32_t& phase, LookAhead&& look_ahead, int* lent = nullptr) {
     using namespace cute;
-    Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
-    Tensor sB = make_tensor(make_smem_ptr(ss.b), SmemLayoutB{});
-    Tensor tCrA = thr_mma.make_fragment_A(thr_mma.partition_A(sA));  // smem descriptors
-    Tensor tCrB = thr_mma.make_fragment_B(thr_mma.partition_B(sB));
-    const bool lane0 = (threadIdx.x & 31) == 0;
-    if (tiles == 0) {
-      look_ahead();
-      return;
-    }
-    tiled_mma.accumulate_ = GMMA::ScaleOut::One;
-    int release_stage = stage;
-    warpgroup_fence_operand(accum);
-    for (int kt = 0; kt < tiles; ++kt) {
-      cutlass::arch::ClusterTransactionBarrier::wait(&ss.full[stage], phase);
-      // cp.async wrote through the generic proxy; wgmma reads through the async proxy.
-      cutlass::arch::fence_view_async_shared();
-      warpgroup_fence_operand(accum);
-      warpgroup_arrive();
-#pragma unroll
-      for (int kb = 0; kb < size<2>(tCrA); ++kb) {
-        cute::gemm(tiled_mma, tCrA(_, _, kb, stage), tCrB(_, _, kb, stage), accum);
-      }
-      warpgroup_commit_batch();
-      warpgroup_fence_operand(accum);
-      if (kt > 0) {
-        warpgroup_wait<1>();
-        if (lane0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[release_stage]);
-        release_stage = release_stage + 1 == kStages ? 0 : release_stage + 1;
-      }
-      if (++stage == kStages) {
-        stage = 0;
-        phase ^= 1;
-      }
-    }
-    look_ahead();
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(accum);
-    if (lane0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[release_stage]);
+    static_assert(!kLend || !Cfg::kPingPong, "a lent stage is given back by the tile's single store thread");
+    Tensor tCrA = thr_mma.make_fragment_A(thr_mma.partition_A(make_tensor(make_smem_ptr(ss.a), SmemLayoutA{})));
+    Tensor tCrB = thr_mma.make_fragment_B(thr_mma.partition_B(make_tensor(make_smem_ptr(ss.b), SmemLayoutB{})));
+    // The gathered operand (every k-tile) and the contiguous one's tail come by cp.async.
+    consume_k_tiles<kStages, kLend, true>(tiled_mma, tCrA, tCrB, accum, ss.full, ss.empty, tiles, stage, phase,
+                                          look_ahead, lent);
   }
 };
 

@@ -22,9 +22,8 @@
 // have landed. Rows past the expert's end and K columns past K are zero-filled (cp.async
 // src-size 0; TMA out-of-bounds fill), so tails of any length add nothing to the accumulators.
 //
-// Consumers (warpgroups 1..2): wait for the full barrier, issue the k-tile's wgmmas, and release
-// the previous k-tile's stage on its empty barrier once its wgmmas retired (one arrival per
-// consumer warp).
+// Consumers (warpgroups 1..2): consume_k_tiles (consumer_k_loop_sm90.cuh), shared with the
+// varlen-K mainloop.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -33,6 +32,7 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/bfloat16.h>
 
+#include "gemm/consumer_k_loop_sm90.cuh"
 #include "gemm/scheduler_grouped.cuh"
 
 namespace sonicmoe::gemm {
@@ -297,80 +297,19 @@ struct MainloopSm90TmaGather {
     return {ss.a + stage * (kTileM * kTileK), ss.b + stage * (kTileN * kTileK)};  // the stage mode is outermost
   }
 
-  // Consumer: one output tile's k-loop, accumulating onto `accum`. stage/phase persist across
-  // tiles. One k-tile's wgmma batch stays in flight while the next one is issued; a stage is released once
-  // the batch that read it has retired (warpgroup_wait<1>).
-  //
-  // kLend (cooperative only): the epilogue borrows the tile's last stage as output staging
-  // (TmaTileStore). That stage is not released at the end of the k-loop but handed out in
-  // `lent`; the next call gives it back after its second k-tile's wgmmas are issued, once the bulk
-  // stores that read it are done reading: consumer thread 0 issued them (TmaTileStore::commit) and
-  // waits for them, and the empty barrier completes only with its warp's arrival. So 4 stages
-  // fit beside a 128x256 output tile; the lent stage is missing from the ring from the end of a
-  // tile's k-loop to the next tile's second k-tile (also after a tile whose epilogue fell back to
-  // register stores and staged nothing), and if its stores are still reading then, thread 0's
-  // wait holds back its warpgroup's next wgmmas. The next tile's first two k-tiles use the two
-  // stages after the lent one, hence kStages >= 3.
-  // look_ahead() runs (warp-wide) once the last k-tile's batch is issued, while it executes.
+  // Consumer: one output tile's k-loop, accumulating onto `accum` (consume_k_tiles). kLend
+  // (cooperative only): the epilogue borrows the tile's last stage as output staging
+  // (TmaTileStore); its index comes back in `*lent`, and the next call gives it back.
   template <bool kLend = false, class ThrMma, class Accum, class LookAhead>
   __device__ static void mma(TiledMma& tiled_mma, ThrMma const& thr_mma, Accum& accum, SharedStorage& ss,
                              int k_tiles, int& stage, uint32_t& phase, LookAhead&& look_ahead, int* lent = nullptr) {
     using namespace cute;
     static_assert(!kLend || !Cfg::kPingPong, "a lent stage is given back by the tile's single store thread");
-    static_assert(!kLend || kStages >= 3, "the lent stage comes back only after the next tile's second k-tile");
-    Tensor sA = make_tensor(make_smem_ptr(ss.a), SmemLayoutA{});
-    Tensor sB = make_tensor(make_smem_ptr(ss.b), SmemLayoutB{});
-    Tensor tCsA = thr_mma.partition_A(sA);  // (MMA,MMA_M,MMA_K,stage)
-    Tensor tCsB = thr_mma.partition_B(sB);
-    Tensor tCrA = thr_mma.make_fragment_A(tCsA);  // smem descriptors
-    Tensor tCrB = thr_mma.make_fragment_B(tCsB);
-    const bool lane0 = (threadIdx.x & 31) == 0;
-    auto give_back = [&] {
-      if constexpr (kLend) {
-        if (*lent < 0) return;
-        if (threadIdx.x == 128) cute::tma_store_wait<0>();  // consumer thread 0: the store issuer
-        if (lane0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[*lent]);
-        *lent = -1;
-      }
-    };
-
-    // The caller initialised the accumulators (bias or zero; see init_accumulators_with_bias).
-    tiled_mma.accumulate_ = GMMA::ScaleOut::One;
-    int release_stage = stage;
-    warpgroup_fence_operand(accum);
-    for (int kt = 0; kt < k_tiles; ++kt) {
-      cutlass::arch::ClusterTransactionBarrier::wait(&ss.full[stage], phase);
-      // Gathered A was written by cp.async (generic proxy); wgmma reads through the async proxy.
-      // Order them explicitly (TMA writes through the async proxy already).
-      if constexpr (!kTmaA) cutlass::arch::fence_view_async_shared();
-      warpgroup_fence_operand(accum);
-      warpgroup_arrive();
-#pragma unroll
-      for (int kb = 0; kb < size<2>(tCrA); ++kb) {
-        cute::gemm(tiled_mma, tCrA(_, _, kb, stage), tCrB(_, _, kb, stage), accum);
-      }
-      warpgroup_commit_batch();
-      warpgroup_fence_operand(accum);
-      if (kt > 0) {
-        warpgroup_wait<1>();  // the previous k-tile's batch has retired: its stage is free
-        if (lane0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[release_stage]);
-        release_stage = release_stage + 1 == kStages ? 0 : release_stage + 1;
-        if (kt == 1) give_back();
-      }
-      if (++stage == kStages) {
-        stage = 0;
-        phase ^= 1;
-      }
-    }
-    look_ahead();
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(accum);
-    if constexpr (kLend) {
-      give_back();  // fewer than 2 k-tiles
-      *lent = release_stage;  // k_tiles >= 1: K is a validated positive multiple of 8
-    } else {
-      if (lane0 && k_tiles > 0) cutlass::arch::ClusterBarrier::arrive(&ss.empty[release_stage]);
-    }
+    Tensor tCrA = thr_mma.make_fragment_A(thr_mma.partition_A(make_tensor(make_smem_ptr(ss.a), SmemLayoutA{})));
+    Tensor tCrB = thr_mma.make_fragment_B(thr_mma.partition_B(make_tensor(make_smem_ptr(ss.b), SmemLayoutB{})));
+    // Gathered A was written by cp.async (generic proxy).
+    consume_k_tiles<kStages, kLend, !kTmaA>(tiled_mma, tCrA, tCrB, accum, ss.full, ss.empty, k_tiles, stage, phase,
+                                            look_ahead, lent);
   }
 };
 

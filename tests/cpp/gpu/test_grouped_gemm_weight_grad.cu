@@ -113,6 +113,13 @@ TEST(GroupedGemmDownProjWeightGrad, ManyTilesPerCta) {
 TEST(GroupedGemmUpProjWeightGrad, ManyTilesPerCta) {
   check_up_proj_weight_grad(repeated_counts({1, 0, 3, 64, 129}, 60), 2048, 200, 144);
 }
+// The same with 2n = 256, so that dW1's tiles lie inside each expert's gradient along 2n and go
+// through the TMA store (with 2n = 144 above every dW1 tile falls back to register stores), and
+// d = 200 cuts the second column block; the experts without rows (0 k-tiles, no stage to lend)
+// and those with 1-3 k-tiles alternate with them in every CTA's loop.
+TEST(GroupedGemmUpProjWeightGrad, ManyTilesPerCtaTmaStore) {
+  check_up_proj_weight_grad(repeated_counts({1, 0, 3, 64, 129}, 60), 2048, 200, 256);
+}
 TEST(GroupedGemmUpProjWeightGrad, NoRowsAtAll) { check_up_proj_weight_grad({0, 0, 0}, 4, 64, 128); }
 
 TEST(GroupedGemmWeightGradValidation, RejectsBadArguments) {

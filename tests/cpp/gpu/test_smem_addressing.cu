@@ -14,6 +14,7 @@
 
 #include "gemm/epilogue_store.cuh"
 #include "gemm/epilogue_swiglu.cuh"
+#include "gemm/epilogue_weight_grad.cuh"
 #include "gemm/mainloop_sm90_cpasync_varlen_k.cuh"
 #include "gemm/mainloop_sm90_tma_gather.cuh"
 #include "gemm/tile_config.h"
@@ -134,6 +135,41 @@ TEST(SmemAddressing, TmaStoreStagingMatchesCuteLayout) {
   check_store_staging<UpProjInputGradTile>();
 }
 
+// The transposed staging of dW1 (TmaTileStore::TransposedMatrixWriter), emulated: stmatrix.trans
+// stores matrix i transposed, so the 16-bit value of lane l at matrix position (row l / 4,
+// column 2*(l % 4) + e) lands in stored row 2*(l % 4) + e, whose address lane 8*i + that row
+// gives, 2 bytes per matrix row further. Every value must land where the slab layout puts
+// element (C column, C row) of the transposed tile, slab (n / kTileM) * kSlabColsT + m / 64, and
+// every 16-bit element of the staging must be written exactly once.
+template <class Cfg>
+void check_transposed_store_staging() {
+  using Store = TmaTileStore<Cfg>;
+  using Writer = typename Store::TransposedMatrixWriter;
+  Placed<typename Store::SlabLayout> slab_layout;
+  const uint32_t bytes = Store::kSlabBytes;  // slabs contiguous, in order (lent A, lent B, own)
+  const auto slab_at = [&](int s) { return Store::slab(0u, bytes, (1 + Store::kLentBSlabs) * bytes, s, int(bytes)); };
+  std::vector<int> hits(size_t(Cfg::kTileM * Cfg::kTileN), 0);
+  for (int warp_row0 = 0; warp_row0 < Cfg::kTileM; warp_row0 += 16)
+    for (int j = 0; j < Cfg::kTileN / 8; j += 2)
+      for (int lane = 0; lane < 32; ++lane)
+        for (int i = 0; i < 4; ++i)
+          for (int e = 0; e < 2; ++e) {
+            const int v1 = i % 2, jj = j + i / 2;
+            const int stored_row = 2 * (lane % 4) + e;  // of matrix i
+            const uint32_t got = slab_at(Writer::slab_index(warp_row0 / 64, j)) +
+                                 Writer::slab_offset(Writer::lane_address(warp_row0, 8 * i + stored_row), j) +
+                                 2u * uint32_t(lane / 4);
+            const int m = warp_row0 + 8 * v1 + lane / 4, n = 8 * jj + 2 * (lane % 4) + e;  // C coordinates
+            const int s = (n / Cfg::kTileM) * Store::kSlabColsT + m / 64;
+            const uint32_t want = slab_at(s) + slab_layout.offset(n % Cfg::kTileM, m % 64);
+            ASSERT_EQ(got, want) << "warp row " << warp_row0 << " j " << j << " lane " << lane << " reg " << i << " half " << e;
+            ++hits[got / 2];
+          }
+  for (int h : hits) ASSERT_EQ(h, 1);
+}
+
+TEST(SmemAddressing, TransposedTmaStoreStagingMatchesCuteLayout) { check_transposed_store_staging<WeightGradTile>(); }
+
 // The staging slabs as the kernel places them (TmaTileStore::slab): slab 0 is the lent stage's A
 // buffer, the next kLentBSlabs its B buffer, the rest the epilogue's own memory; a stage's
 // buffers are whole slabs, and every slab lies inside its buffer, none overlapping another.
@@ -161,6 +197,7 @@ TEST(SmemAddressing, TmaStoreStagingSlabsInLentStageAndOwnMemory) {
   check_staging_slabs<UpProjTile>();
   check_staging_slabs<DownProjTile>();
   check_staging_slabs<UpProjInputGradTile>();
+  check_staging_slabs<WeightGradTile>();
 }
 
 // The epilogues index the accumulator fragment by hand: value i of a consumer thread sits at row
