@@ -26,8 +26,8 @@ declare -A pattern=(
   [down]='Major\)0, \(sonicmoe::gemm::ASource\)1>, sonicmoe::gemm::EpilogueStoreTma'
   [dh]='EpilogueDSwiGLU'
   [dx]='Major\)1, \(sonicmoe::gemm::ASource\)1>, sonicmoe::gemm::EpilogueStoreTma'
-  [dw2]='EpilogueWeightGrad>'
-  [dw1]='EpilogueWeightGradTransposed'
+  [dw2]='EpilogueWeightGradTma<.*, \(bool\)0>'
+  [dw1]='EpilogueWeightGradTma<.*, \(bool\)1>'
 )
 sections=(SpeedOfLight MemoryWorkloadAnalysis ComputeWorkloadAnalysis Occupancy LaunchStats
           SchedulerStats WarpStateStats SourceCounters)

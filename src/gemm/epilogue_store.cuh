@@ -84,12 +84,12 @@ struct EpilogueStore {
 
 // Registers -> 128-byte-swizzled shared-memory tile -> asynchronous TMA stores, for a full
 // kTileM x kTileN bf16 tile. Used by every TMA-store epilogue. Protocol per tile (all consumer
-// threads): begin() (the previous stores have finished reading), write(), commit() (proxy fence,
-// barrier, one thread issues the stores); finish() before the CTA exits.
+// threads): begin() (the previous stores have finished reading), write() or write_transposed(),
+// commit() (proxy fence, barrier, one thread issues the stores); finish() before the CTA exits.
 //
 // Where the tile is staged: in 64-column slabs of kTileM x 64 (16 KiB, each one 128-byte swizzle
 // block that TMA stores as one box). The tile's last mainloop stage lends its A buffer (one slab)
-// and B buffer (kTileN / kTileM slabs) (MainloopSm90TmaGather::mma<kLend>); the rest (one slab
+// and B buffer (kTileN / kTileM slabs) (consume_k_tiles<kLend>); the rest (one slab
 // for 128 x 256) is this epilogue's own shared memory. With a whole 64 KiB staging tile of its
 // own, the 128x256 configurations had room for 3 stages of 48 KiB; borrowing the last stage
 // leaves room for 4.

@@ -108,10 +108,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     // Where the next tile is looked up (the offsets' loads and a warp-wide scan). With a short
     // epilogue (a TMA store) the lookup after it stood between two tiles' tensor-core work: there
     // it runs while the tile's last wgmma batch executes (mma's hook). Same call, H200, with the
-    // borrowed stage: up-proj 0.99-1.05x, down-proj 1.03-1.06x, dX̃ 1.02-1.05x. Ping-pong needs
-    // it before the epilogue anyway (the hand-over below). After the long register-store
-    // epilogues of the cooperative dH and the weight gradients it stays: early, those measured
-    // 0.94-1.01x.
+    // borrowed stage: up-proj 0.99-1.05x, down-proj 1.03-1.06x, dX̃ 1.02-1.05x (the weight
+    // gradients, TMA-store too, measured the same early or late: 0.98-1.02x). Ping-pong needs it
+    // before the epilogue anyway (the hand-over below). After the long register-store epilogue of
+    // the cooperative dH it stays: early, that measured 0.94-1.01x.
     constexpr bool kEarlyLookAhead = Cfg::kPingPong || borrows_stage<Epilogue>();
     int tile = blockIdx.x;
     typename Mainloop::Work work;
