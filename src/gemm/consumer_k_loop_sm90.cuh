@@ -32,6 +32,18 @@
 
 namespace sonicmoe::gemm {
 
+// A stage's A and B buffers (kTileM x kTileK and kTileN x kTileK elements), which a borrowing
+// epilogue uses as output staging. Both mainloops keep the stage mode outermost.
+template <class Element>
+struct StageBuffers {
+  Element* a;
+  Element* b;
+};
+template <int kAElements, int kBElements, class Element>
+__device__ StageBuffers<Element> stage_buffers_at(Element* a, Element* b, int stage) {
+  return {a + stage * kAElements, b + stage * kBElements};
+}
+
 template <int kStages, bool kLend, bool kFenceGenericWrites, class TiledMma, class FragA, class FragB, class Accum,
           class LookAhead>
 __device__ void consume_k_tiles(TiledMma& tiled_mma, FragA const& tCrA, FragB const& tCrB, Accum& accum,

@@ -199,6 +199,18 @@ struct TmaTileStore {
     }
   };
 
+  // The accumulators rounded to bf16 pairs, packed[k] = values 2k, 2k+1 = pair (v1, j) with
+  // k = 2*j + v1. Rounded first, 64 packed registers instead of 128 fp32 stay live while the
+  // swizzled addresses are formed.
+  template <class Accum>
+  __device__ static void pack(Accum const& accum, uint32_t (&packed)[kPacked]) {
+#pragma unroll
+    for (int k = 0; k < kPacked; ++k) {
+      const __nv_bfloat162 pair = __floats2bfloat162_rn(accum(2 * k), accum(2 * k + 1));
+      packed[k] = *reinterpret_cast<const uint32_t*>(&pair);
+    }
+  }
+
   // packed[2*j + v1]: pair (v1, j) of the thread.
   __device__ static void write(Staging const& st, const uint32_t (&packed)[kPacked], int m_base) {
     const MatrixWriter writer(st, m_base);
@@ -332,14 +344,8 @@ struct EpilogueStoreTma {
     }
     const int m_base = get<0>(coords(0));
     Store::begin(consumer_thread);
-    // Round to bf16 pairs first: 64 packed registers instead of 128 fp32 stay live while the
-    // swizzled addresses are formed.
     uint32_t packed[Store::kPacked];
-#pragma unroll
-    for (int k = 0; k < Store::kPacked; ++k) {
-      const __nv_bfloat162 pair = __floats2bfloat162_rn(accum(2 * k), accum(2 * k + 1));
-      packed[k] = *reinterpret_cast<const uint32_t*>(&pair);  // k = 2*j + v1
-    }
+    Store::pack(accum, packed);
     Store::write(ss, packed, m_base);
     Store::commit(p.tma_d, ss, work.row_start + m0, work.n_block, p.num_rows, n_total, consumer_thread);
   }

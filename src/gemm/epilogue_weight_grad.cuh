@@ -132,11 +132,7 @@ struct EpilogueWeightGradTma {
     }
     Store::begin(consumer_thread);
     uint32_t packed[Store::kPacked];
-#pragma unroll
-    for (int k = 0; k < Store::kPacked; ++k) {
-      const __nv_bfloat162 pair = __floats2bfloat162_rn(accum(2 * k), accum(2 * k + 1));
-      packed[k] = *reinterpret_cast<const uint32_t*>(&pair);  // k = 2*j + v1
-    }
+    Store::pack(accum, packed);
     const int m_base = get<0>(coords(0));
     if constexpr (kTransposed) {
       Store::write_transposed(staging, packed, m_base);

@@ -275,12 +275,8 @@ struct MainloopSm90CpAsyncVarlenK {
   }
 
   // A stage's two buffers, for an epilogue that borrows them as output staging (see mma).
-  struct StageBuffers {
-    Element* a;  // kTileM x kTileK
-    Element* b;  // kTileN x kTileK
-  };
-  __device__ static StageBuffers stage_buffers(SharedStorage& ss, int stage) {
-    return {ss.a + stage * (kTileM * kTileK), ss.b + stage * (kTileN * kTileK)};  // the stage mode is outermost
+  __device__ static StageBuffers<Element> stage_buffers(SharedStorage& ss, int stage) {
+    return stage_buffers_at<kTileM * kTileK, kTileN * kTileK>(ss.a, ss.b, stage);
   }
 
   // One output tile's reduction, accumulated onto `accum` (the kernel zeroes it first, so an

@@ -289,12 +289,8 @@ struct MainloopSm90TmaGather {
   }
 
   // A stage's two buffers, for an epilogue that borrows them as output staging (see mma).
-  struct StageBuffers {
-    Element* a;  // kTileM x kTileK
-    Element* b;  // kTileN x kTileK
-  };
-  __device__ static StageBuffers stage_buffers(SharedStorage& ss, int stage) {
-    return {ss.a + stage * (kTileM * kTileK), ss.b + stage * (kTileN * kTileK)};  // the stage mode is outermost
+  __device__ static StageBuffers<Element> stage_buffers(SharedStorage& ss, int stage) {
+    return stage_buffers_at<kTileM * kTileK, kTileN * kTileK>(ss.a, ss.b, stage);
   }
 
   // Consumer: one output tile's k-loop, accumulating onto `accum` (consume_k_tiles). kLend
