@@ -60,6 +60,11 @@ __device__ void consume_k_tiles(TiledMma& tiled_mma, FragA const& tCrA, FragB co
       *lent = -1;
     }
   };
+  if (k_tiles == 0) {
+    look_ahead();
+    give_back();
+    return;
+  }
 
   // The caller initialised the accumulators (bias or zero; see init_accumulators_with_bias).
   tiled_mma.accumulate_ = GMMA::ScaleOut::One;
@@ -87,11 +92,7 @@ __device__ void consume_k_tiles(TiledMma& tiled_mma, FragA const& tCrA, FragB co
       phase ^= 1;
     }
   }
-  look_ahead();  // one call site: inlined once (the scheduler's lookup is long)
-  if (k_tiles == 0) {
-    give_back();
-    return;
-  }
+  look_ahead();
   warpgroup_wait<0>();
   warpgroup_fence_operand(accum);
   if constexpr (kLend) {
