@@ -53,7 +53,8 @@ for tool in "${tools[@]}"; do
 done
 
 if [ "${PYTHON:-0}" = 1 ]; then
-  timeout 300 bash scripts/install_python.sh >"$out/python_install.log" 2>&1
+  # install_python.sh reads PYTHON as the interpreter's name: this script's PYTHON=1 is not one.
+  env -u PYTHON timeout 300 bash scripts/install_python.sh >"$out/python_install.log" 2>&1
   summary+=("python install rc=$?")
   cp build/install_python.log "$out/" 2>/dev/null
   timeout 400 python3 -m pytest tests/python -q -rs -p no:cacheprovider >"$out/pytest.log" 2>&1
