@@ -29,6 +29,7 @@ Status validate(const DownProjWeightGradParams& p) {
   SONICMOE_RETURN_IF_ERROR(require_feature_size(p.hidden, "hidden"));
   SONICMOE_RETURN_IF_ERROR(require_feature_size(p.intermediate, "intermediate"));
   SONICMOE_RETURN_IF_ERROR(require_count(p.num_experts, "num_experts", 1));
+  SONICMOE_RETURN_IF_ERROR(require_gradient_rows(p.num_experts, p.hidden, "hidden"));  // dW2 [E, d, n]
   SONICMOE_RETURN_IF_ERROR(require_count(p.num_tokens, "num_tokens", 1));
   SONICMOE_RETURN_IF_ERROR(require_count(p.num_rows, "num_rows", 0));
   SONICMOE_RETURN_IF_ERROR(require_pointer(p.grad_out, "grad_out", 16));
@@ -46,6 +47,7 @@ Status validate(const UpProjWeightGradParams& p) {
   SONICMOE_RETURN_IF_ERROR(require_feature_size(p.hidden, "hidden"));
   SONICMOE_RETURN_IF_ERROR(require_feature_size(p.h_cols, "h_cols"));
   SONICMOE_RETURN_IF_ERROR(require_count(p.num_experts, "num_experts", 1));
+  SONICMOE_RETURN_IF_ERROR(require_gradient_rows(p.num_experts, p.h_cols, "h_cols"));  // dW1 [E, 2n, d]
   SONICMOE_RETURN_IF_ERROR(require_count(p.num_tokens, "num_tokens", 1));
   SONICMOE_RETURN_IF_ERROR(require_count(p.num_rows, "num_rows", 0));
   SONICMOE_RETURN_IF_ERROR(require_pointer(p.x, "x", 16));

@@ -22,4 +22,13 @@ inline Status require_count(int64_t v, const char* name, int64_t lo) {
   return Status();
 }
 
+// The weight-gradient TMA stores see every expert's gradient as the rows of one 2-D tensor
+// ([E * rows, cols], EpilogueWeightGradTma) whose row count and row indices are 32-bit.
+inline Status require_gradient_rows(int64_t experts, int64_t rows_per_expert, const char* name) {
+  if (experts * rows_per_expert > int64_t(INT32_MAX))
+    return Status::invalid_argument(name, "num_experts x " + std::string(name) + " must be < 2^31 (got " +
+                                              std::to_string(experts) + " x " + std::to_string(rows_per_expert) + ")");
+  return Status();
+}
+
 }  // namespace sonicmoe::gemm::detail

@@ -152,9 +152,17 @@ TEST(GroupedGemmWeightGradValidation, RejectsBadArguments) {
   p = good;
   p.num_rows = -1;
   expect_bad(p, "num_rows");
+  p = good;  // the gradient's rows of all experts are one TMA tensor with 32-bit rows
+  p.num_experts = 1 << 20;
+  p.hidden = 1 << 12;
+  expect_bad(p, "hidden");
   const UpProjWeightGradParams up{.grad_h = buf, .x = buf, .expert_offsets = idx, .gather_idx = idx, .grad_w1 = buf,
                                   .num_tokens = 4, .num_rows = 4, .hidden = 8, .h_cols = 20, .num_experts = 2};
   EXPECT_EQ(validate(up).argument(), "h_cols");
+  auto many = up;
+  many.h_cols = 1 << 12;
+  many.num_experts = 1 << 20;
+  EXPECT_EQ(validate(many).argument(), "h_cols");
 }
 
 }  // namespace
