@@ -1,13 +1,12 @@
 // src/gemm/epilogue_store.cuh — plain epilogues: optional per-expert bias, bf16 store of the
 // tile (down-projection Y, dX̃). Rows past the expert's end and columns past N are not stored.
-//   EpilogueStore:       bf16x2 stores straight from registers (simple, synchronous).
-//   EpilogueStoreTma<C>: full tiles go registers -> swizzled smem (mostly the tile's last
-//                        mainloop stage, lent for it: TmaTileStore) -> asynchronous TMA stores,
-//                        so the consumers start the next tile's wgmmas while the TMA engine
-//                        drains the tile; a tile cut by its expert's end (at most one per expert
-//                        and n-block) falls back to register stores, because TMA clips only at
-//                        the tensor's bounds, not at the expert's, and the rows past the end
-//                        belong to the next expert's tile.
+//   EpilogueStoreTma<C>: registers -> swizzled smem (mostly the tile's last mainloop stage,
+//                        lent for it: TmaTileStore) -> asynchronous TMA stores, so the
+//                        consumers start the next tile's wgmmas while the TMA engine drains the
+//                        tile; a tile cut by its expert's end (at most one per expert and
+//                        n-block) goes out as boxes of fewer rows (TmaTileStore::commit_rows),
+//                        because TMA clips only at the tensor's bounds, not at the expert's, and
+//                        the rows past the end belong to the next expert's tile.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -18,9 +17,12 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/bfloat16.h>
 
+#include <bit>
 #include <cstdint>
+#include <string>
 
 #include "gemm/scheduler_grouped.cuh"
+#include "sonicmoe/status.h"
 
 namespace sonicmoe::gemm {
 
@@ -52,35 +54,6 @@ __device__ void init_accumulators_with_bias(const __nv_bfloat16* bias, Accum& ac
                                            WorkTile const& work, int n_total) {                          \
     init_accumulators_with_bias<kTileN_>(p.bias, accum, coords, work, n_total);                          \
   }
-
-struct EpilogueStore {
-  struct Params {
-    __nv_bfloat16* d;           // [num_rows, N]
-    const __nv_bfloat16* bias;  // [E, N] or nullptr
-    int64_t ldd;                // N
-  };
-
-  struct SharedStorage {};  // stores straight from registers
-  __device__ static void prefetch(Params const&) {}
-  __device__ static void finish(int) {}
-  SONICMOE_EPILOGUE_BIAS_FROM_PARAMS
-
-  template <int kTileM, int kTileN, class Accum, class Coords, class AnyStorage>
-  __device__ static void apply(Params const& p, Accum const& accum, Coords const& coords, WorkTile const& work,
-                               int n_total, AnyStorage&, int /*consumer_thread*/) {
-    const int m0 = work.m_block * kTileM;
-    const int n0 = work.n_block * kTileN;
-#pragma unroll
-    for (int i = 0; i < cute::size(accum); i += 2) {
-      const int local_row = m0 + cute::get<0>(coords(i));
-      const int col = n0 + cute::get<1>(coords(i));  // even; N is a multiple of 8
-      if (local_row < work.rows && col < n_total) {
-        const int64_t row = int64_t(work.row_start) + local_row;
-        *reinterpret_cast<__nv_bfloat162*>(p.d + row * p.ldd + col) = __floats2bfloat162_rn(accum(i), accum(i + 1));
-      }
-    }
-  }
-};
 
 // Registers -> 128-byte-swizzled shared-memory tile -> asynchronous TMA stores, for a full
 // kTileM x kTileN bf16 tile. Used by every TMA-store epilogue. Protocol per tile (all consumer
@@ -145,6 +118,36 @@ struct TmaTileStore {
     return make_tma_copy(SM90_TMA_STORE{}, g, SlabLayout{}, SlabShape{}, Int<1>{});
   }
   using Tma = decltype(make_tma(nullptr, 1, 8));
+
+  // A tile cut by its expert's end (its last m-block) keeps the TMA store too: TMA clips only at
+  // the tensor's edges, and the rows past the expert's end belong to the next expert's tile, so
+  // commit_rows() stores the tile's first `rows` rows as boxes of the binary digits of `rows`
+  // (kTileM/2, ..., 2, 1 rows x 64 columns, one tensor map per height; at most kRowBoxes boxes
+  // per slab). A box starting at any staged row reads the bytes a whole-slab box would there: the
+  // 128-byte swizzle follows the shared address (chunk bits 4-6 XOR row bits 7-9), and a box's
+  // shared address need only be 128-byte aligned. Before, those tiles (one per expert and n-block,
+  // ~6% of the tiles at 2048 rows per expert) fell back to synchronous register stores.
+  static constexpr int kRowBoxes = std::countr_zero(unsigned(kTileM));  // heights kTileM/2 .. 1
+  struct RowBoxTmas {
+    cute::TmaDescriptor box[kRowBoxes];  // box[b]: (kTileM/2 >> b) rows x 64 columns
+  };
+  // The output tensor [rows, n] row-major (n a multiple of 8, d 16-byte aligned: validated).
+  static Status make_row_box_tmas(Element* d, int rows, int n, RowBoxTmas* out) {
+    for (int b = 0; b < kRowBoxes; ++b) {
+      cuuint64_t dims[2] = {cuuint64_t(n), cuuint64_t(rows)};
+      cuuint64_t strides[1] = {cuuint64_t(n) * sizeof(Element)};
+      cuuint32_t box[2] = {64, cuuint32_t(kTileM / 2 >> b)};
+      cuuint32_t element_strides[2] = {1, 1};
+      const CUresult r = CUTLASS_CUDA_DRIVER_WRAPPER_CALL(cuTensorMapEncodeTiled)(
+          &out->box[b], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, d, dims, strides, box, element_strides,
+          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      if (r != CUDA_SUCCESS)
+        return Status::error(StatusCode::cuda_error,
+                             "cuTensorMapEncodeTiled (tail-row store boxes) failed with CUresult " + std::to_string(int(r)));
+    }
+    return Status();
+  }
 
   // Two jobs: the previous tile's stores have finished reading the own slab, and both consumer
   // warpgroups have drained their wgmmas, which read all of the lent stage's B buffer (each
@@ -301,6 +304,33 @@ struct TmaTileStore {
     commit<kSlabs>(tma, st, first_row, n_block * kSlabs, num_rows, n_total, consumer_thread);
   }
 
+  // Stores the first `rows` (1 .. kTileM - 1) rows of the tile as written by write() to rows
+  // first_row .. of the [num_rows, n_total] tensor, largest box first, so every box starts at a
+  // multiple of its height (see RowBoxTmas).
+  __device__ static void commit_rows(RowBoxTmas const& boxes, Staging const& st, int first_row, int n_block, int rows,
+                                     int n_total, int consumer_thread) {
+    cutlass::arch::fence_view_async_shared();
+    cutlass::arch::NamedBarrier::sync(kConsumerThreads, 0);
+    if (consumer_thread == 0) {
+#pragma unroll
+      for (int s = 0; s < kSlabs; ++s) {
+        const int col = (n_block * kSlabs + s) * 64;
+        if (col >= n_total) continue;
+        const Element* staged = slab(st.lent_a, st.lent_b, st.own, s, kSlabElements);
+        int row = 0;
+#pragma unroll
+        for (int b = 0; b < kRowBoxes; ++b) {
+          const int height = kTileM / 2 >> b;
+          if (rows & height) {
+            cute::SM90_TMA_STORE_2D::copy(&boxes.box[b], staged + row * 64, col, first_row + row);
+            row += height;
+          }
+        }
+      }
+      cute::tma_store_arrive();
+    }
+  }
+
   // The CTA may not exit while a bulk store still reads its shared memory.
   __device__ static void finish(int consumer_thread) {
     if (consumer_thread == 0) cute::tma_store_wait<0>();
@@ -319,10 +349,9 @@ struct EpilogueStoreTma {
   static auto make_tma_d(Element* d, int rows, int n) { return Store::make_tma(d, rows, n); }
 
   struct Params {
-    typename Store::Tma tma_d;
-    __nv_bfloat16* d;           // [num_rows, N]
-    const __nv_bfloat16* bias;  // [E, N] or nullptr
-    int64_t ldd;                // N
+    typename Store::Tma tma_d;              // D [num_rows, N]
+    typename Store::RowBoxTmas tail_boxes;  // the same tensor, for tiles cut by the expert's end
+    const __nv_bfloat16* bias;              // [E, N] or nullptr
     int num_rows;
   };
 
@@ -337,17 +366,17 @@ struct EpilogueStoreTma {
     static_assert(kTileM_ == kTileM && kTileN_ == kTileN);
     static_assert(decltype(size(accum))::value == 2 * Store::kPacked, "m64 x kTileN fragment per thread");
     const int m0 = work.m_block * kTileM;
-    if (m0 + kTileM > work.rows) {  // the expert ends inside this tile
-      EpilogueStore::apply<kTileM, kTileN>(EpilogueStore::Params{p.d, p.bias, p.ldd}, accum, coords, work, n_total,
-                                           ss, consumer_thread);
-      return;
-    }
     const int m_base = get<0>(coords(0));
     Store::begin(consumer_thread);
     uint32_t packed[Store::kPacked];
     Store::pack(accum, packed);
     Store::write(ss, packed, m_base);
-    Store::commit(p.tma_d, ss, work.row_start + m0, work.n_block, p.num_rows, n_total, consumer_thread);
+    if (m0 + kTileM <= work.rows) {
+      Store::commit(p.tma_d, ss, work.row_start + m0, work.n_block, p.num_rows, n_total, consumer_thread);
+    } else {  // the expert ends inside this tile
+      Store::commit_rows(p.tail_boxes, ss, work.row_start + m0, work.n_block, work.rows - m0, n_total,
+                         consumer_thread);
+    }
   }
 };
 

@@ -48,13 +48,14 @@ Status grouped_gemm_up_proj_input_grad(const UpProjInputGradParams& p, cudaStrea
                    .num_experts = int(p.num_experts),
                    .tma_a = Mainloop::make_tma_a(reinterpret_cast<const Element*>(p.dh), int(p.num_rows), k, 2 * p.intermediate)},
       .epilogue = {.tma_d = Epilogue::make_tma_d(reinterpret_cast<Element*>(p.dx_rows), int(p.num_rows), n_total),
-                   .d = reinterpret_cast<__nv_bfloat16*>(p.dx_rows),
+                   .tail_boxes = {},  // filled below (make_row_box_tmas)
                    .bias = nullptr,
-                   .ldd = p.hidden,
                    .num_rows = int(p.num_rows)},
       .expert_offsets = p.expert_offsets,
       .num_experts = int(p.num_experts),
       .num_rows = int(p.num_rows)};
+  SONICMOE_RETURN_IF_ERROR(Epilogue::Store::make_row_box_tmas(reinterpret_cast<Element*>(p.dx_rows), int(p.num_rows),
+                                                               n_total, &params.epilogue.tail_boxes));
   return gemm::launch_grouped_gemm<Cfg>(params, stream);
 }
 

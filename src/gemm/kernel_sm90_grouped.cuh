@@ -17,7 +17,7 @@
 // shared memory of the tile's last stage, which the mainloop lends it until the next tile's
 // second k-tile (consume_k_tiles<kLend>, consumer_k_loop_sm90.cuh).
 //
-// The Epilogue policy (EpilogueStore[Tma], EpilogueSwiGLU[Tma], ...) provides
+// The Epilogue policy (EpilogueStoreTma, EpilogueSwiGLU[Tma], ...) provides
 //   Params, SharedStorage (may be empty), prefetch(params), finish(consumer_thread),
 //   apply<kTileM, kTileN>(params, accum, coords, work, n_total, shared_storage, consumer_thread)
 //   (with kBorrowsStage, shared_storage is a Store::Staging: its own buffer and the lent stage's)
