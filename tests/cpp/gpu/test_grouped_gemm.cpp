@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "gpu_test_util.h"
+#include "ragged_routing.h"
 #include "sonicmoe/grouped_gemm.h"
 
 namespace sonicmoe {
@@ -405,6 +406,23 @@ TEST(GroupedGemmDownProj, ManyTilesPerCta) {
 TEST(GroupedGemmUpProjInputGrad, ManyTilesPerCta) {
   SONICMOE_SKIP_WITHOUT_HOPPER();
   run_up_proj_input_grad({"dx many tiles d=264 n=136", many_tile_counts(seed_for_test() + 8), 264, 136});
+}
+
+// Tails of every length (gpu_testing::every_tail_counts): the row-box TMA stores of the tiles cut
+// by their expert's end, and the warpgroup that skips its wgmmas in tiles of <= 64 rows.
+TEST(GroupedGemmUpProj, EveryTailLength) {
+  SONICMOE_SKIP_WITHOUT_HOPPER();
+  run_up_proj({"up every tail d=200 n=136", gpu_testing::every_tail_counts(seed_for_test() + 21), 512, 200, 136, true});
+}
+
+TEST(GroupedGemmDownProj, EveryTailLength) {
+  SONICMOE_SKIP_WITHOUT_HOPPER();
+  run_down_proj({"down every tail d=328 n=72", gpu_testing::every_tail_counts(seed_for_test() + 22), 328, 72, true});
+}
+
+TEST(GroupedGemmUpProjInputGrad, EveryTailLength) {
+  SONICMOE_SKIP_WITHOUT_HOPPER();
+  run_up_proj_input_grad({"dx every tail d=328 n=72", gpu_testing::every_tail_counts(seed_for_test() + 23), 328, 72});
 }
 
 // The TMA-store epilogues stage a tile in the shared memory of its last k-tile's stage and give
