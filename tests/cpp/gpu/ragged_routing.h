@@ -22,8 +22,8 @@ inline std::vector<int> repeated_counts(std::initializer_list<int> pattern, int 
 
 // Every tail length of the 128-row tile once: experts of 1 .. 127 rows, and of 0, 128 and 128 + 65
 // rows, in a shuffled order. The expert's last tile then goes out by every combination of row
-// boxes (TmaTileStore::commit_rows), and in every tile of 64 rows or fewer the second consumer
-// warpgroup of a cooperative tile skips its wgmmas.
+// boxes (TmaTileStore::commit_rows), and a weight gradient's last k-tile holds every count of
+// rows (varlen K).
 inline std::vector<int> every_tail_counts(uint64_t seed) {
   std::vector<int> counts = {0, 128, 193};
   for (int rows = 1; rows < 128; ++rows) counts.push_back(rows);

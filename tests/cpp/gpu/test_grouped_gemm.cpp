@@ -409,7 +409,7 @@ TEST(GroupedGemmUpProjInputGrad, ManyTilesPerCta) {
 }
 
 // Tails of every length (gpu_testing::every_tail_counts): the row-box TMA stores of the tiles cut
-// by their expert's end, and the warpgroup that skips its wgmmas in tiles of <= 64 rows.
+// by their expert's end (down-proj, dX̃; up-proj's H falls back to register stores there).
 TEST(GroupedGemmUpProj, EveryTailLength) {
   SONICMOE_SKIP_WITHOUT_HOPPER();
   run_up_proj({"up every tail d=200 n=136", gpu_testing::every_tail_counts(seed_for_test() + 21), 512, 200, 136, true});
