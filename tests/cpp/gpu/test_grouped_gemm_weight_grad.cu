@@ -120,6 +120,14 @@ TEST(GroupedGemmUpProjWeightGrad, ManyTilesPerCta) {
 TEST(GroupedGemmUpProjWeightGrad, ManyTilesPerCtaTmaStore) {
   check_up_proj_weight_grad(repeated_counts({1, 0, 3, 64, 129}, 60), 2048, 200, 256);
 }
+// Reductions of every length mod 64 (gpu_testing::every_tail_counts: experts of 1..127 rows): the
+// expert's last, partial k-tile holds every count of rows, zero-filled past them.
+TEST(GroupedGemmDownProjWeightGrad, EveryTailLength) {
+  check_down_proj_weight_grad(every_tail_counts(fresh_seed()), 1024, 200, 72);
+}
+TEST(GroupedGemmUpProjWeightGrad, EveryTailLength) {
+  check_up_proj_weight_grad(every_tail_counts(fresh_seed()), 1024, 200, 256);
+}
 TEST(GroupedGemmUpProjWeightGrad, NoRowsAtAll) { check_up_proj_weight_grad({0, 0, 0}, 4, 64, 128); }
 
 TEST(GroupedGemmWeightGradValidation, RejectsBadArguments) {
