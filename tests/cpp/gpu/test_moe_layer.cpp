@@ -205,10 +205,12 @@ std::vector<T> head(const std::vector<T>& v, int64_t n) {
   return {v.begin(), v.begin() + std::min<int64_t>(n, int64_t(v.size()))};
 }
 
+// `floor`: the least tolerance. 1e-3 suits tensors built from many independently rounded values,
+// whose rounding errors average out in the relative error (and in the yardstick's).
 void expect_close(const char* name, const std::vector<double>& gpu, const std::vector<double>& exact,
-                  const std::vector<double>& plain_bf16) {
+                  const std::vector<double>& plain_bf16, double floor = 1e-3) {
   const double err = relative_error(gpu, exact), yardstick = relative_error(plain_bf16, exact);
-  const double tolerance = std::max(2.0 * yardstick, 1e-3);
+  const double tolerance = std::max(2.0 * yardstick, floor);
   EXPECT_LE(err, tolerance) << name << ": relative error " << err << " vs straightforward bf16 " << yardstick;
   std::printf("    %-12s rel.err %.2e  (bf16 path %.2e)\n", name, err, yardstick);
 }
@@ -276,8 +278,15 @@ void check_layer_against_reference(const Case& c) {
   expect_close("dx", values(first.grad_x), exact.grad_x.values(), plain.grad_x.values());
   expect_close("dW1", values(first.grad_w1), exact.grad_w1.values(), plain.grad_w1.values());
   expect_close("dW2", values(first.grad_w2), exact.grad_w2.values(), plain.grad_w2.values());
+  // dWr = dlogitsᵀ·x is built from the T·K dlogits, each rounded to bf16 before the GEMM, whose
+  // output is rounded again. With a handful of dlogits (one token) nothing averages out: its
+  // relative error is that of two roundings of a few values, up to 2u = 2^-7 (u = 2^-8, bf16's unit
+  // roundoff), and the plain path's error over the same few values is no yardstick. Seen: 4.2e-3
+  // against a plain path's 1.5e-3 (T = 1, E = K = 4; the same on every build, a draw of the seed).
+  constexpr double kTwoBf16Roundings = 1.0 / 128;
   if (c.config.routing != RoutingKind::general)
-    expect_close("dWr", values(first.grad_wr), exact.grad_wr.values(), plain.grad_wr.values());
+    expect_close("dWr", values(first.grad_wr), exact.grad_wr.values(), plain.grad_wr.values(),
+                 TK < 64 ? kTwoBf16Roundings : 1e-3);
   if (c.config.has_bias) {
     expect_close("db1", values(first.grad_b1), exact.grad_b1.values(), plain.grad_b1.values());
     expect_close("db2", values(first.grad_b2), exact.grad_b2.values(), plain.grad_b2.values());
