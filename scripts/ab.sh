@@ -9,7 +9,8 @@
 #   device:  bash scripts/ab.sh run [shapes, default 0,1,2] [rounds, default 2] [roles, default all]
 #            (run call with carry ["build/ab"]); runs every build/ab/*/gemm_bench, alternating
 #            revisions round by round, and prints TFLOPS per role and revision (the best of the
-#            rounds) with each revision's ratio to the first one named at build time.
+#            rounds) with each revision's ratio to the first one named at build time, after every
+#            round (a run cut short by a caller's timeout keeps the rounds it finished).
 #            AB_ONLY="rev rev ..." runs only those (names or hashes as built; the first is the base).
 #            Budget: one gemm_bench run of all six roles takes ~60 s at shapes 0,1,2 (host-side
 #            routing and error checks); name the roles (e.g. dh,down) to compare fewer.
@@ -57,13 +58,10 @@ if [ -n "${AB_ONLY:-}" ]; then
   [ -s "$order" ] || { echo "ab.sh: none of AB_ONLY=$AB_ONLY was built" >&2; exit 2; }
 fi
 mapfile -t hashes < <(cut -d' ' -f1 "$order")
-for r in $(seq 1 "$rounds"); do
-  for h in "${hashes[@]}"; do
-    timeout 300 "$ab/$h/gemm_bench" --shapes "$shapes" --roles "$roles" --json "$out/${h}_$r.json" >"$out/${h}_$r.log" 2>&1 ||
-      echo "ab.sh: $h round $r failed (rc=$?), see $out/${h}_$r.log"
-  done
-done
-python3 - "$out" "$order" "$rounds" <<'EOF'
+# The table of the rounds done so far (best of them), printed after every round: a run cut short
+# (a caller's timeout) still leaves the rounds it finished on stdout.
+summarize() {
+python3 - "$out" "$order" "$1" <<'EOF'
 import json, sys
 out, order, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 revs = [line.split() for line in open(order) if line.strip()]
@@ -94,3 +92,12 @@ for shape in shapes:
             cells.append(f"{v:9.1f} ({v / b:4.2f})".rjust(24) if v and b else "-".rjust(24))
         print(f"  {role:28s}" + "".join(cells))
 EOF
+}
+for r in $(seq 1 "$rounds"); do
+  for h in "${hashes[@]}"; do
+    timeout 300 "$ab/$h/gemm_bench" --shapes "$shapes" --roles "$roles" --json "$out/${h}_$r.json" >"$out/${h}_$r.log" 2>&1 ||
+      echo "ab.sh: $h round $r failed (rc=$?), see $out/${h}_$r.log"
+  done
+  echo "== ab.sh: after round $r of $rounds =="
+  summarize "$r"
+done
