@@ -131,7 +131,8 @@ struct TmaTileStore {
   struct RowBoxTmas {
     cute::TmaDescriptor box[kRowBoxes];  // box[b]: (kTileM/2 >> b) rows x 64 columns
   };
-  // The output tensor [rows, n] row-major (n a multiple of 8, d 16-byte aligned: validated).
+  // The output tensor [rows, n] row-major at `d` (n a multiple of 8 and `d` 16-byte aligned, as the
+  // launchers validate).
   static Status make_row_box_tmas(Element* d, int rows, int n, RowBoxTmas* out) {
     for (int b = 0; b < kRowBoxes; ++b) {
       cuuint64_t dims[2] = {cuuint64_t(n), cuuint64_t(rows)};
