@@ -8,8 +8,9 @@
 //   EpilogueSwiGLUTma<C>: for tiles inside an expert, H goes registers -> swizzled smem -> an
 //                         asynchronous TMA store (2/3 of the bytes) while A is stored from
 //                         registers, 8 bytes per lane after a transpose inside each quad
-//                         (QuadTranspose); tiles cut by the expert's end or by N use
-//                         EpilogueSwiGLU.
+//                         (QuadTranspose); a tile cut by the expert's end stores H by row
+//                         boxes (TmaTileStore::commit_rows) and A for its rows only; tiles cut
+//                         by N use EpilogueSwiGLU.
 // A is always computed from the fp32 (gate, up) values, before H is rounded to bf16. The bias
 // is already in the accumulators (init_accumulators_with_bias, epilogue_store.cuh).
 #pragma once
@@ -119,6 +120,7 @@ struct EpilogueSwiGLUTma {
 
   struct Params {
     typename Store::Tma tma_h;
+    typename Store::RowBoxTmas tail_boxes;  // H again, for tiles cut by the expert's end
     __nv_bfloat16* h;           // [num_rows, 2n]
     __nv_bfloat16* a;           // [num_rows, n]
     const __nv_bfloat16* bias;  // [E, 2n] or nullptr
@@ -139,7 +141,7 @@ struct EpilogueSwiGLUTma {
     static_assert(decltype(size(accum))::value == 2 * Store::kPacked, "m64 x kTileN fragment per thread");
     const int m0 = work.m_block * kTileM;
     const int n0 = work.n_block * kTileN;
-    if (m0 + kTileM > work.rows || n0 + kTileN > n_total) {  // the expert (or N) ends inside this tile
+    if (n0 + kTileN > n_total) {  // N ends inside this tile: A's stores would need column checks
       EpilogueSwiGLU::apply<kTileM, kTileN>(EpilogueSwiGLU::Params{p.h, p.a, p.bias, p.ldh, p.lda}, accum, coords,
                                             work, n_total, ss, consumer_thread);
       return;
@@ -149,10 +151,14 @@ struct EpilogueSwiGLUTma {
     const QuadTranspose::Selectors sel = QuadTranspose::selectors(q);
     Store::begin(consumer_thread);
     // This lane's 8 bytes of A in 16-column group t of row half v1: a_at[v1] + 16 t.
+    // Rows past the expert's end (its last tile) store no A; H goes out by row boxes (commit_rows).
     __nv_bfloat16* a_at[2];
+    bool row_ok[2];
 #pragma unroll
-    for (int v1 = 0; v1 < 2; ++v1)
+    for (int v1 = 0; v1 < 2; ++v1) {
       a_at[v1] = p.a + (int64_t(work.row_start) + m0 + m_base + 8 * v1) * p.lda + n0 / 2 + 4 * q;
+      row_ok[v1] = m0 + m_base + 8 * v1 < work.rows;
+    }
     const typename Store::MatrixWriter writer(ss, m_base);
     // Accumulator pair (j, v1) = values 4j + 2 v1, +1: (gate, up) of A column q + 4j.
 #pragma unroll
@@ -181,11 +187,17 @@ struct EpilogueSwiGLUTma {
         const uint32_t other = __shfl_xor_sync(0xffffffffu, sel.hi ? r0 : r1, 2);
         const uint32_t keep = __byte_perm(mine, other, sel.keep);
         const uint32_t received = __shfl_xor_sync(0xffffffffu, __byte_perm(mine, other, sel.send), 1);
-        *reinterpret_cast<uint2*>(a_at[v1] + 16 * t) =
-            make_uint2(__byte_perm(keep, received, sel.w0), __byte_perm(keep, received, sel.w1));
+        if (row_ok[v1])
+          *reinterpret_cast<uint2*>(a_at[v1] + 16 * t) =
+              make_uint2(__byte_perm(keep, received, sel.w0), __byte_perm(keep, received, sel.w1));
       }
     }
-    Store::commit(p.tma_h, ss, work.row_start + m0, work.n_block, p.num_rows, n_total, consumer_thread);
+    if (m0 + kTileM <= work.rows) {
+      Store::commit(p.tma_h, ss, work.row_start + m0, work.n_block, p.num_rows, n_total, consumer_thread);
+    } else {
+      Store::commit_rows(p.tail_boxes, ss, work.row_start + m0, work.n_block, work.rows - m0, n_total,
+                         consumer_thread);
+    }
   }
 };
 

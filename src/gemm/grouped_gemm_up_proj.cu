@@ -53,6 +53,7 @@ Status grouped_gemm_up_proj(const UpProjParams& p, cudaStream_t stream) {
                    .k = k,
                    .num_experts = int(p.num_experts)},
       .epilogue = {.tma_h = Epilogue::make_tma_h(reinterpret_cast<Element*>(p.h), int(p.num_rows), n_total),
+                   .tail_boxes = {},  // filled below (make_row_box_tmas)
                    .h = reinterpret_cast<__nv_bfloat16*>(p.h),
                    .a = reinterpret_cast<__nv_bfloat16*>(p.a),
                    .bias = reinterpret_cast<const __nv_bfloat16*>(p.b1),
@@ -62,6 +63,8 @@ Status grouped_gemm_up_proj(const UpProjParams& p, cudaStream_t stream) {
       .expert_offsets = p.expert_offsets,
       .num_experts = int(p.num_experts),
       .num_rows = int(p.num_rows)};
+  SONICMOE_RETURN_IF_ERROR(Epilogue::Store::make_row_box_tmas(reinterpret_cast<Element*>(p.h), int(p.num_rows),
+                                                               n_total, &params.epilogue.tail_boxes));
   return gemm::launch_grouped_gemm<Cfg>(params, stream);
 }
 
