@@ -24,9 +24,10 @@ struct WorkTile {
 };
 
 // kMFastest: inside an expert, m-blocks vary fastest (n-block, then m-block), so the CTAs working
-// at the same time share the expert's weight columns rather than its rows: a wave of 132 CTAs
-// holds the whole expert's A and half its weight instead of a quarter of A and all of the weight,
-// and each weight is read by one wave instead of two. For dX̃ at (T,d,n) = (32768,4096,1024),
+// at the same time share the expert's weight columns rather than its rows. For dX̃ at the 30B
+// shapes (16 m-blocks x 16 n-blocks per expert) a wave of 132 CTAs then holds the whole expert's
+// A and half its weight instead of half of A and all of the weight, and each weight is read by
+// one wave instead of two. For dX̃ at (T,d,n) = (32768,4096,1024),
 // where the expert's W1 is 16 MB, ncu at unlocked clocks (H200, 2026-11-29): DRAM reads 9.5-9.7
 // -> 5.1-5.6 GB, L2 hit rate 69 -> 78-83%, SM clock 1.46 -> 1.53 GHz, 6.27 -> 5.98 ms.
 template <int kTileM, bool kMFastest = false>
