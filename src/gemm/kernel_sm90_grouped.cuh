@@ -105,6 +105,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     int stage = 0;
     uint32_t phase = 0;
     int lent_stage = -1;  // borrows_stage: the stage the last epilogue staged its tile in
+    constexpr bool kLend = borrows_stage<Epilogue>();
+    // What the epilogue writes through: its own shared memory, or (kLend) a Store::Staging over
+    // its own memory and the lent stage's buffers. No stage is lent after a tile without k-tiles
+    // (varlen K, an expert without rows); its epilogue does not stage (EpilogueWeightGradTma), so
+    // any stage's buffers may stand in.
+    auto epilogue_storage = [&]() -> decltype(auto) {
+      if constexpr (kLend) {
+        const auto lent = Mainloop::stage_buffers(ss, lent_stage < 0 ? 0 : lent_stage);
+        return Epilogue::Store::staging(storage.epilogue, lent.a, lent.b);
+      } else {
+        return (storage.epilogue);
+      }
+    };
     // Where the next tile is looked up (the offsets' loads and a warp-wide scan). With a short
     // epilogue (a TMA store) the lookup after it stood between two tiles' tensor-core work: there
     // it runs while the tile's last wgmma batch executes (mma's hook). Same call, H200, with the
@@ -112,7 +125,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     // gradients, TMA-store too, measured the same early or late: 0.98-1.02x). Ping-pong needs it
     // before the epilogue anyway (the hand-over below). After the long register-store epilogue of
     // the cooperative dH it stays: early, that measured 0.94-1.01x.
-    constexpr bool kEarlyLookAhead = Cfg::kPingPong || borrows_stage<Epilogue>();
+    constexpr bool kEarlyLookAhead = Cfg::kPingPong || kLend;
     int tile = blockIdx.x;
     typename Mainloop::Work work;
     bool have = sched.find(tile, work);
@@ -150,25 +163,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         auto early_look_ahead = [&] {
           if constexpr (kEarlyLookAhead) look_ahead();
         };
-        if constexpr (borrows_stage<Epilogue>()) {
-          Mainloop::template mma<true>(tiled_mma, thr_mma, accum, ss, k_tiles, stage, phase, early_look_ahead,
-                                       &lent_stage);
-        } else {
-          Mainloop::mma(tiled_mma, thr_mma, accum, ss, k_tiles, stage, phase, early_look_ahead);
-        }
+        Mainloop::template mma<kLend>(tiled_mma, thr_mma, accum, ss, k_tiles, stage, phase, early_look_ahead,
+                                      kLend ? &lent_stage : nullptr);
         // Ping-pong: hand the tensor cores to the other warpgroup, if it has a next tile to wait with.
         if (Cfg::kPingPong && have_next) cutlass::arch::NamedBarrier::arrive(256, 2 - own_parity);
-        if constexpr (borrows_stage<Epilogue>()) {
-          // No stage is lent after a tile without k-tiles (varlen K, an expert without rows); its
-          // epilogue does not stage (EpilogueWeightGradTma), so any stage's buffers may stand in.
-          const auto lent = Mainloop::stage_buffers(ss, lent_stage < 0 ? 0 : lent_stage);
-          Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(
-              params.epilogue, accum, coords, work, ml.n, Epilogue::Store::staging(storage.epilogue, lent.a, lent.b),
-              consumer_thread);
-        } else {
-          Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n,
-                                                              storage.epilogue, consumer_thread);
-        }
+        Epilogue::template apply<Cfg::kTileM, Cfg::kTileN>(params.epilogue, accum, coords, work, ml.n,
+                                                            epilogue_storage(), consumer_thread);
         if constexpr (!kEarlyLookAhead) look_ahead();
       }
       work = next;
