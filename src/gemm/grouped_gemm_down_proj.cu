@@ -38,16 +38,7 @@ Status grouped_gemm_down_proj(const DownProjParams& p, cudaStream_t stream) {
   const int n_total = int(p.hidden);
   const int k = int(p.intermediate);
   gemm::GroupedKernelParams<Mainloop, Epilogue> params{
-      .mainloop = {.tma_b = Mainloop::make_tma_b(reinterpret_cast<const Element*>(p.w2), n_total, k,
-                                                 int(p.num_experts)),
-                   .a = reinterpret_cast<const Element*>(p.a),
-                   .lda = p.intermediate,
-                   .gather_idx = nullptr,
-                   .a_rows = p.num_rows,
-                   .n = n_total,
-                   .k = k,
-                   .num_experts = int(p.num_experts),
-                   .tma_a = Mainloop::make_tma_a(reinterpret_cast<const Element*>(p.a), int(p.num_rows), k, p.intermediate)},
+      .mainloop = Mainloop::make_args(p.w2, p.a, p.intermediate, nullptr, p.num_rows, n_total, k, int(p.num_experts)),
       .epilogue = {.tma_d = Epilogue::make_tma_d(reinterpret_cast<Element*>(p.y), int(p.num_rows), n_total),
                    .tail_boxes = {},  // filled below (make_row_box_tmas)
                    .bias = reinterpret_cast<const __nv_bfloat16*>(p.b2),

@@ -45,19 +45,11 @@ template <class Cfg>
 Status launch_act_grad(const DownProjActGradParams& p, cudaStream_t stream) {
   using Mainloop = gemm::MainloopSm90TmaGather<Cfg, cute::GMMA::Major::MN>;
   using Epilogue = gemm::EpilogueDSwiGLU;
-  using Element = typename Mainloop::Element;
   const int n_total = int(p.intermediate);
   const int k = int(p.hidden);
   gemm::GroupedKernelParams<Mainloop, Epilogue> params{
-      .mainloop = {.tma_b = Mainloop::make_tma_b(reinterpret_cast<const Element*>(p.w2), n_total, k,
-                                                 int(p.num_experts)),
-                   .a = reinterpret_cast<const Element*>(p.grad_out),
-                   .lda = p.hidden,
-                   .gather_idx = p.gather_idx,
-                   .a_rows = p.num_tokens,
-                   .n = n_total,
-                   .k = k,
-                   .num_experts = int(p.num_experts)},
+      .mainloop = Mainloop::make_args(p.w2, p.grad_out, p.hidden, p.gather_idx, p.num_tokens, n_total, k,
+                                      int(p.num_experts)),
       .epilogue = {.h = reinterpret_cast<const __nv_bfloat16*>(p.h),
                    .scores = p.scores,
                    .scatter = p.scatter_idx,

@@ -43,15 +43,7 @@ Status grouped_gemm_up_proj(const UpProjParams& p, cudaStream_t stream) {
   const int n_total = int(2 * p.intermediate);
   const int k = int(p.hidden);
   gemm::GroupedKernelParams<Mainloop, Epilogue> params{
-      .mainloop = {.tma_b = Mainloop::make_tma_b(reinterpret_cast<const Element*>(p.w1), n_total, k,
-                                                 int(p.num_experts)),
-                   .a = reinterpret_cast<const Element*>(p.x),
-                   .lda = p.hidden,
-                   .gather_idx = p.gather_idx,
-                   .a_rows = p.num_tokens,
-                   .n = n_total,
-                   .k = k,
-                   .num_experts = int(p.num_experts)},
+      .mainloop = Mainloop::make_args(p.w1, p.x, p.hidden, p.gather_idx, p.num_tokens, n_total, k, int(p.num_experts)),
       .epilogue = {.tma_h = Epilogue::make_tma_h(reinterpret_cast<Element*>(p.h), int(p.num_rows), n_total),
                    .tail_boxes = {},  // filled below (make_row_box_tmas)
                    .h = reinterpret_cast<__nv_bfloat16*>(p.h),

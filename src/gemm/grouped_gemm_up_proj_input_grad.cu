@@ -37,16 +37,8 @@ Status grouped_gemm_up_proj_input_grad(const UpProjInputGradParams& p, cudaStrea
   const int n_total = int(p.hidden);
   const int k = int(2 * p.intermediate);
   gemm::GroupedKernelParams<Mainloop, Epilogue> params{
-      .mainloop = {.tma_b = Mainloop::make_tma_b(reinterpret_cast<const Element*>(p.w1), n_total, k,
-                                                 int(p.num_experts)),
-                   .a = reinterpret_cast<const Element*>(p.dh),
-                   .lda = 2 * p.intermediate,
-                   .gather_idx = nullptr,
-                   .a_rows = p.num_rows,
-                   .n = n_total,
-                   .k = k,
-                   .num_experts = int(p.num_experts),
-                   .tma_a = Mainloop::make_tma_a(reinterpret_cast<const Element*>(p.dh), int(p.num_rows), k, 2 * p.intermediate)},
+      .mainloop = Mainloop::make_args(p.w1, p.dh, 2 * p.intermediate, nullptr, p.num_rows, n_total, k,
+                                      int(p.num_experts)),
       .epilogue = {.tma_d = Epilogue::make_tma_d(reinterpret_cast<Element*>(p.dx_rows), int(p.num_rows), n_total),
                    .tail_boxes = {},  // filled below (make_row_box_tmas)
                    .bias = nullptr,

@@ -22,6 +22,30 @@ using Element = Mainloop::Element;
 using StoreDownProjWeightGrad = gemm::EpilogueWeightGradTma<Cfg, false>;  // dW2 [E, d, n]
 using StoreUpProjWeightGrad = gemm::EpilogueWeightGradTma<Cfg, true>;     // dW1 [E, 2n, d] = Cᵀ
 
+// C_e[m, n] = Σ_{rows r of e} gathered[gather_idx[r], m] · contiguous[r, n] for every expert e,
+// stored by Store into out (dW2 as it is, dW1 transposed).
+template <class Store>
+Status launch_weight_grad(const void* gathered, const int32_t* gather_idx, int64_t num_tokens, const void* contiguous,
+                          int64_t m, int64_t n, int64_t num_rows, const int32_t* expert_offsets, int64_t num_experts,
+                          void* out, cudaStream_t stream) {
+  const auto* right = reinterpret_cast<const Element*>(contiguous);
+  auto* result = reinterpret_cast<__nv_bfloat16*>(out);
+  const gemm::GroupedKernelParams<Mainloop, Store> params{
+      .mainloop = {.left = {reinterpret_cast<const Element*>(gathered), m, gather_idx, num_tokens},
+                   .right = {right, n, nullptr, num_rows},
+                   .m = int(m),
+                   .n = int(n),
+                   .tma = Mainloop::make_tma_contig(right, int(n), int(num_rows), n)},
+      .epilogue = {.tma = Store::make_tma(result, int(num_experts), int(m), int(n)),
+                   .out = result,
+                   .m = int(m),
+                   .experts = int(num_experts)},
+      .expert_offsets = expert_offsets,
+      .num_experts = int(num_experts),
+      .num_rows = int(num_rows)};
+  return gemm::launch_grouped_gemm<Cfg>(params, stream);
+}
+
 }  // namespace
 
 Status validate(const DownProjWeightGradParams& p) {
@@ -67,47 +91,17 @@ static Status zero_gradient(bfloat16* out, int64_t count, cudaStream_t stream) {
 Status grouped_gemm_down_proj_weight_grad(const DownProjWeightGradParams& p, cudaStream_t stream) {
   SONICMOE_RETURN_IF_ERROR(validate(p));
   if (p.num_rows == 0) return zero_gradient(p.grad_w2, p.num_experts * p.hidden * p.intermediate, stream);
-  const auto* a_scaled = reinterpret_cast<const Element*>(p.a_scaled);
-  auto* grad_w2 = reinterpret_cast<__nv_bfloat16*>(p.grad_w2);
-  const gemm::GroupedKernelParams<Mainloop, StoreDownProjWeightGrad> params{
-      .mainloop = {.left = {reinterpret_cast<const Element*>(p.grad_out), p.hidden, p.gather_idx, p.num_tokens},
-                   .right = {a_scaled, p.intermediate, nullptr, p.num_rows},
-                   .m = int(p.hidden),
-                   .n = int(p.intermediate),
-                   .tma = Mainloop::make_tma_contig(a_scaled, int(p.intermediate), int(p.num_rows),
-                                                   p.intermediate)},
-      .epilogue = {.tma = StoreDownProjWeightGrad::make_tma(grad_w2, int(p.num_experts), int(p.hidden),
-                                                            int(p.intermediate)),
-                   .out = grad_w2,
-                   .m = int(p.hidden),
-                   .experts = int(p.num_experts)},
-      .expert_offsets = p.expert_offsets,
-      .num_experts = int(p.num_experts),
-      .num_rows = int(p.num_rows)};
-  return gemm::launch_grouped_gemm<Cfg>(params, stream);
+  return launch_weight_grad<StoreDownProjWeightGrad>(p.grad_out, p.gather_idx, p.num_tokens, p.a_scaled, p.hidden,
+                                                     p.intermediate, p.num_rows, p.expert_offsets, p.num_experts,
+                                                     p.grad_w2, stream);
 }
 
 Status grouped_gemm_up_proj_weight_grad(const UpProjWeightGradParams& p, cudaStream_t stream) {
   SONICMOE_RETURN_IF_ERROR(validate(p));
   if (p.num_rows == 0) return zero_gradient(p.grad_w1, p.num_experts * p.h_cols * p.hidden, stream);
-  const auto* grad_h = reinterpret_cast<const Element*>(p.grad_h);
   // C[m, n] = Σ_rows x[gather(r), m] · dH[r, n] = dW1_e[n, m]: stored transposed.
-  auto* grad_w1 = reinterpret_cast<__nv_bfloat16*>(p.grad_w1);
-  const gemm::GroupedKernelParams<Mainloop, StoreUpProjWeightGrad> params{
-      .mainloop = {.left = {reinterpret_cast<const Element*>(p.x), p.hidden, p.gather_idx, p.num_tokens},
-                   .right = {grad_h, p.h_cols, nullptr, p.num_rows},
-                   .m = int(p.hidden),
-                   .n = int(p.h_cols),
-                   .tma = Mainloop::make_tma_contig(grad_h, int(p.h_cols), int(p.num_rows), p.h_cols)},
-      .epilogue = {.tma = StoreUpProjWeightGrad::make_tma(grad_w1, int(p.num_experts), int(p.hidden),
-                                                          int(p.h_cols)),
-                   .out = grad_w1,
-                   .m = int(p.hidden),
-                   .experts = int(p.num_experts)},
-      .expert_offsets = p.expert_offsets,
-      .num_experts = int(p.num_experts),
-      .num_rows = int(p.num_rows)};
-  return gemm::launch_grouped_gemm<Cfg>(params, stream);
+  return launch_weight_grad<StoreUpProjWeightGrad>(p.x, p.gather_idx, p.num_tokens, p.grad_h, p.hidden, p.h_cols,
+                                                   p.num_rows, p.expert_offsets, p.num_experts, p.grad_w1, stream);
 }
 
 }  // namespace sonicmoe

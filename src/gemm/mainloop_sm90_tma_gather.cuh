@@ -127,6 +127,24 @@ struct MainloopSm90TmaGather {
     TmaA tma_a = {};            // ASource::kTma only: A (make_tma_a over a [a_rows, k])
   };
 
+  // The arguments for weight `w` ([E, n, k], or [E, k, n] for MN-major B) and A [a_rows, k] with
+  // row stride lda: its rows gathered through gather_idx (ASource::kGather; nullptr = grouped order)
+  // or read in grouped order by TMA (ASource::kTma).
+  static Args make_args(const void* w, const void* a, int64_t lda, const int32_t* gather_idx, int64_t a_rows, int n,
+                        int k, int experts) {
+    const auto* a_elements = reinterpret_cast<const Element*>(a);
+    Args args{.tma_b = make_tma_b(reinterpret_cast<const Element*>(w), n, k, experts),
+              .a = a_elements,
+              .lda = lda,
+              .gather_idx = gather_idx,
+              .a_rows = a_rows,
+              .n = n,
+              .k = k,
+              .num_experts = experts};
+    if constexpr (kTmaA) args.tma_a = make_tma_a(a_elements, int(a_rows), k, lda);
+    return args;
+  }
+
   // The skeleton's hooks (kernel_sm90_grouped.cuh): ragged rows per expert (varlen M), a fixed
   // k-loop over the GEMM's K. Tile order inside an expert (scheduler_grouped.cuh): m-blocks fastest
   // where A comes by TMA (down-proj, dX̃: their weight is the larger per-expert operand at the
