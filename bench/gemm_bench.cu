@@ -4,9 +4,11 @@
 // CUDA-event timings after warm-up. Each timed kernel's output is also checked once against the
 // simple GPU reference (relative Frobenius error), so a number never comes from a wrong result.
 //
-//   gemm_bench [--shapes 0,1,2] [--roles up,down,dh,dw2,dx,dw1] [--reps 30] [--json out.json]
+//   gemm_bench [--shapes 0,1,2] [--roles up,down,dh,dw2,dx,dw1] [--reps 30] [--sustain-ms 0] [--json out.json]
 // (--roles: only those roles; the default is all six. Most of a run's time is the host-side
-// routing and error checks of the large shapes, ~20 s per shape for all roles.)
+// routing and error checks of the large shapes, ~20 s per shape for all roles. --sustain-ms N:
+// each kernel first runs back to back for N ms, so that it is timed at the steady power-limited
+// clock (bench_util.cuh, median_ms); 2000 is enough on an H200.)
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -86,6 +88,7 @@ int main(int argc, char** argv) {
   std::vector<int> shapes = {0, 1, 2};
   std::string roles = "up,down,dh,dw2,dx,dw1";
   int reps = 30;
+  double sustain_ms = 0;
   const char* json = nullptr;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--shapes") && i + 1 < argc) {
@@ -96,10 +99,14 @@ int main(int argc, char** argv) {
       roles = argv[++i];
     } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
       reps = std::atoi(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--sustain-ms") && i + 1 < argc) {
+      sustain_ms = std::atof(argv[++i]);
     } else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) {
       json = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: gemm_bench [--shapes 0,1,2] [--roles up,down,dh,dw2,dx,dw1] [--reps N] [--json FILE]\n");
+      std::fprintf(stderr,
+                   "usage: gemm_bench [--shapes 0,1,2] [--roles up,down,dh,dw2,dx,dw1] [--reps N] [--sustain-ms MS] "
+                   "[--json FILE]\n");
       return 2;
     }
   }
@@ -109,14 +116,18 @@ int main(int argc, char** argv) {
     std::printf("gemm_bench: needs an sm_90 GPU: %s\n", dev.reason.c_str());
     return 0;
   }
-  std::printf("card: %s (%d SMs)\n", dev.name.c_str(), dev.multiprocessors);
+  std::printf("card: %s (%d SMs); median of %d runs after %s\n", dev.name.c_str(), dev.multiprocessors, reps,
+              sustain_ms > 0 ? (std::to_string(int(sustain_ms)) + " ms of back-to-back runs (steady clock)").c_str()
+                             : "5 warm-up runs");
   cudaStream_t stream;
   BENCH_CUDA(cudaStreamCreate(&stream));
   cublasHandle_t handle;
   BENCH_CUBLAS(cublasCreate(&handle));
   BENCH_CUBLAS(cublasSetStream(handle, stream));
   FILE* out = json ? std::fopen(json, "w") : nullptr;
-  if (out) std::fprintf(out, "{\"card\": \"%s\", \"shapes\": [\n", dev.name.c_str());
+  if (out)
+    std::fprintf(out, "{\"card\": \"%s\", \"reps\": %d, \"sustain_ms\": %.0f, \"shapes\": [\n", dev.name.c_str(), reps,
+                 sustain_ms);
 
   for (size_t si = 0; si < shapes.size(); ++si) {
     const Shape s = kShapes[shapes[si]];
@@ -138,14 +149,14 @@ int main(int argc, char** argv) {
       if (("," + roles + ",").find("," + row.key + ",") == std::string::npos) return;
       std::printf("  ... %s\n", row.role.c_str());
       DenseGemm dense(handle, dm, dn, dk);
-      row.dense_ms = median_ms([&] { dense.run(); }, stream, 5, reps);
+      row.dense_ms = median_ms([&] { dense.run(); }, stream, 5, reps, sustain_ms);
       if (ours) {
         const Status st = ours();
         if (!st.ok()) {
           row.note = st.message();
         } else {
           // Timed first, checked after (the reference is slow), both before the row is printed.
-          row.ours_ms = median_ms([&] { throw_if_error(ours()); }, stream, 5, reps);
+          row.ours_ms = median_ms([&] { throw_if_error(ours()); }, stream, 5, reps, sustain_ms);
           row.error = check();
         }
       } else {

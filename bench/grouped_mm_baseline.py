@@ -14,6 +14,7 @@ not flatter the numbers. Prints a table and writes JSON. Run on the device machi
 import argparse
 import json
 import statistics
+import time
 
 import torch
 
@@ -27,9 +28,18 @@ def grouped_mm(a, b, offs):
     return torch._grouped_mm(a, b, offs=offs)
 
 
-def median_ms(fn, warmup=5, reps=30):
+def median_ms(fn, warmup=5, reps=30, sustain_ms=0.0):
+    """Median of `reps` CUDA-event timings after `warmup` runs; with sustain_ms > 0, after running
+    fn back to back for that long first, so it is timed at the GPU's steady power-limited clock
+    (as gemm_bench --sustain-ms; bench/bench_util.cuh says why)."""
     for _ in range(warmup):
         fn()
+    torch.cuda.synchronize()
+    start_s = time.perf_counter()
+    while (time.perf_counter() - start_s) * 1e3 < sustain_ms:
+        for _ in range(8):
+            fn()
+        torch.cuda.synchronize()
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -51,7 +61,7 @@ def routing(T, E, K, gen):
     return gather, offs
 
 
-def bench_shape(T, d, n, E, K, sets=3):
+def bench_shape(T, d, n, E, K, sets=3, reps=30, sustain_ms=0.0):
     gen = torch.Generator(device="cuda").manual_seed(0)
     bf = torch.bfloat16
     TK = T * K
@@ -128,7 +138,7 @@ def bench_shape(T, d, n, E, K, sets=3):
         variants = dict(variants, **{"dense_cublas": lambda: torch.mm(a, b)})
         for name, fn in variants.items():
             try:
-                ms = median_ms(fn)
+                ms = median_ms(fn, reps=reps, sustain_ms=sustain_ms)
                 rows.append(dict(role=role, variant=name, ms=ms, tflops=flops / ms * 1e-9))
             except Exception as exc:  # an unsupported layout on this torch build: say so, go on
                 rows.append(dict(role=role, variant=name, error=f"{type(exc).__name__}: {exc}"[:200]))
@@ -139,14 +149,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--shapes", default="all", help="all or comma list of indices into SHAPES")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--sustain-ms", type=float, default=0.0,
+                    help="run each variant back to back this long before timing it (steady clock)")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     card = torch.cuda.get_device_name()
     shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
-    result = dict(card=card, torch=torch.__version__, shapes=[])
-    print(f"card: {card}  torch {torch.__version__}")
+    result = dict(card=card, torch=torch.__version__, reps=args.reps, sustain_ms=args.sustain_ms, shapes=[])
+    print(f"card: {card}  torch {torch.__version__}  median of {args.reps} runs, sustain {args.sustain_ms:.0f} ms")
     for shape in shapes:
-        rows = bench_shape(*shape)
+        rows = bench_shape(*shape, reps=args.reps, sustain_ms=args.sustain_ms)
         result["shapes"].append(dict(shape=shape, rows=rows))
         print(f"\n(T,d,n,E,K) = {shape}")
         for r in rows:

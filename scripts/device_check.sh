@@ -8,6 +8,8 @@
 #   SKIP_SLOW=1  leaves out the test whose CPU reference takes ~2 minutes (MoeLayerGPU.TopK7BShape)
 #   SANITIZE=0   leaves out compute-sanitizer (default: memcheck, racecheck, synccheck on a small set)
 #   PYTHON=1     also installs the PyTorch extension (scripts/install_python.sh) and runs pytest
+#   SUSTAIN_MS=N the GEMM benchmarks run each kernel back to back for N ms before timing it, at the
+#                GPU's steady power-limited clock (bench/bench_util.cuh; default 0: 5 warm-up runs)
 set -u
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -66,11 +68,13 @@ if [ "$layer_configs" != none ]; then
   cat "$out/layer_bench.log"
 fi
 if [ "$shapes" != none ]; then
-  timeout 400 build/device/gemm_bench --shapes "$shapes" --json "$out/gemm_bench.json" >"$out/gemm_bench.log" 2>&1
+  sustain=(--sustain-ms "${SUSTAIN_MS:-0}")
+  timeout 500 build/device/gemm_bench --shapes "$shapes" "${sustain[@]}" --json "$out/gemm_bench.json" >"$out/gemm_bench.log" 2>&1
   summary+=("gemm_bench rc=$?")
-  timeout 200 python3 bench/grouped_mm_baseline.py --shapes "$shapes" --json "$out/grouped_mm.json" >"$out/grouped_mm.log" 2>&1
+  timeout 400 python3 bench/grouped_mm_baseline.py --shapes "$shapes" "${sustain[@]}" --json "$out/grouped_mm.json" >"$out/grouped_mm.log" 2>&1
   summary+=("grouped_mm baseline rc=$?")
   grep -vE '^\s+\.\.\.' "$out/gemm_bench.log"
+  python3 bench/compare_gemm.py "$out/gemm_bench.json" "$out/grouped_mm.json" | tee "$out/compare_gemm.txt"
 fi
 # The device tool returns at most a few files: everything also goes into one archive.
 tar czf "$out/logs.tgz" -C "$out" --exclude logs.tgz . 2>/dev/null
