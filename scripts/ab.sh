@@ -12,6 +12,7 @@
 #            rounds) with each revision's ratio to the first one named at build time, after every
 #            round (a run cut short by a caller's timeout keeps the rounds it finished).
 #            AB_ONLY="rev rev ..." runs only those (names or hashes as built; the first is the base).
+#            AB_BENCH_ARGS="--sustain-ms 2000" is passed to every gemm_bench (revisions that have it).
 #            Budget: one gemm_bench run of all six roles takes ~60 s at shapes 0,1,2 (host-side
 #            routing and error checks); name the roles (e.g. dh,down) to compare fewer.
 set -euo pipefail
@@ -95,7 +96,7 @@ EOF
 }
 for r in $(seq 1 "$rounds"); do
   for h in "${hashes[@]}"; do
-    timeout 300 "$ab/$h/gemm_bench" --shapes "$shapes" --roles "$roles" --json "$out/${h}_$r.json" >"$out/${h}_$r.log" 2>&1 ||
+    timeout 300 "$ab/$h/gemm_bench" --shapes "$shapes" --roles "$roles" ${AB_BENCH_ARGS:-} --json "$out/${h}_$r.json" >"$out/${h}_$r.log" 2>&1 ||
       echo "ab.sh: $h round $r failed (rc=$?), see $out/${h}_$r.log"
   done
   echo "== ab.sh: after round $r of $rounds =="
