@@ -87,7 +87,8 @@ using UpProjTile = TileConfig128x256<4>;
 // down-proj and dX̃ measured slower (H200, same call as this tile, 2026-11-28; 7B / 30B n=512 /
 // n=1024): cooperative 256x128 (cuBLAS's dense tile) 0.89-0.98x; 4 stages with register stores
 // instead of 3 + the TMA-store staging 0.54-0.85x; ping-pong tiles and 2-CTA clusters 0.74-1.00x
-// (clusters again on today's 4 stages with the borrowed staging: 0.92-1.00x).
+// (clusters again on today's 4 stages with the borrowed staging: 0.92-1.00x; on the m-fastest
+// tile order, timed at the steady power-limited clock: 0.96-0.99x, 2026-11-29).
 using DownProjTile = TileConfig128x256<4>;
 using UpProjInputGradTile = TileConfig128x256<4>;
 // dH: two tiles, chosen by the length of the k-loop (hidden). Its epilogue (load H, write dH,
