@@ -10,7 +10,9 @@
 // Inputs: x ~ N(0,1), weights ~ N(0, 1/fan_in), the router decides (top-K). Median of CUDA-event
 // timings after warm-up. One progress line per configuration, a table at the end, a JSON file.
 //
-//   layer_bench [--configs all|none|0,3,7] [--reps 20] [--no-rounding] [--json FILE]
+//   layer_bench [--configs all|none|0,3,7] [--reps 20] [--sustain-ms 0] [--no-rounding] [--json FILE]
+// --sustain-ms N: each timed function first runs back to back for N ms, so that it is timed at
+// the GPU's steady power-limited clock (bench_util.cuh, median_ms).
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -83,7 +85,8 @@ struct LayerResult {
 };
 
 // One layer: allocate, route, time forward / backward / both, and (top-K) the cuBLAS bound.
-LayerResult run_layer(const Config& c, RoutingKind routing, int reps, cublasHandle_t cublas, cudaStream_t stream) {
+LayerResult run_layer(const Config& c, RoutingKind routing, int reps, double sustain_ms, cublasHandle_t cublas,
+                      cudaStream_t stream) {
   size_t free_before = 0, total = 0;
   BENCH_CUDA(cudaMemGetInfo(&free_before, &total));
   LayerConfig config{.shape = {c.T, c.d, c.n, c.E, c.K},
@@ -126,9 +129,9 @@ LayerResult run_layer(const Config& c, RoutingKind routing, int reps, cublasHand
   auto backward = [&] { BENCH_OK(moe_backward(bwd, bwd_ws, bwd_ws_bytes, stream)); };
 
   LayerResult r{.config = &c, .routing = routing};
-  r.fwd_ms = median_ms(forward, stream, 3, reps);
-  r.bwd_ms = median_ms(backward, stream, 3, reps);
-  r.fwdbwd_ms = median_ms([&] { forward(); backward(); }, stream, 2, reps);
+  r.fwd_ms = median_ms(forward, stream, 3, reps, sustain_ms);
+  r.bwd_ms = median_ms(backward, stream, 3, reps, sustain_ms);
+  r.fwdbwd_ms = median_ms([&] { forward(); backward(); }, stream, 2, reps, sustain_ms);
   int32_t tk = 0;
   BENCH_CUDA(cudaMemcpy(&tk, saved.metadata.expert_offsets + c.E, 4, cudaMemcpyDeviceToHost));
   r.num_routed = tk;
@@ -187,7 +190,7 @@ LayerResult run_layer(const Config& c, RoutingKind routing, int reps, cublasHand
                                       .out = reinterpret_cast<bfloat16*>(out.ptr)},
                                      stream));
     };
-    r.bound_fwd_ms = median_ms(bound, stream, 3, reps);
+    r.bound_fwd_ms = median_ms(bound, stream, 3, reps, sustain_ms);
   }
 
   for (void* p : {(void*)saved.token_idx, (void*)saved.expert_idx, (void*)saved.scores, (void*)saved.metadata.expert_offsets,
@@ -223,14 +226,18 @@ int main(int argc, char** argv) {
   const char* configs_arg = "all";
   const char* json = nullptr;
   int reps = 20;
+  double sustain_ms = 0;
   bool rounding = true;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--configs") && i + 1 < argc) configs_arg = argv[++i];
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--sustain-ms") && i + 1 < argc) sustain_ms = std::atof(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--no-rounding")) rounding = false;
     else {
-      std::fprintf(stderr, "usage: layer_bench [--configs all|none|0,3,7] [--reps N] [--no-rounding] [--json FILE]\n");
+      std::fprintf(stderr,
+                   "usage: layer_bench [--configs all|none|0,3,7] [--reps N] [--sustain-ms MS] [--no-rounding] "
+                   "[--json FILE]\n");
       return 2;
     }
   }
@@ -239,7 +246,10 @@ int main(int argc, char** argv) {
     std::printf("layer_bench: no Hopper (sm_90) GPU: %s; nothing to measure.\n", dev.reason.c_str());
     return 0;
   }
-  std::printf("card: %s (%d SMs); published SonicMoE numbers are H100 SXM\n", dev.name.c_str(), dev.multiprocessors);
+  std::printf("card: %s (%d SMs); published SonicMoE numbers are H100 SXM; median of %d runs after %s\n",
+              dev.name.c_str(), dev.multiprocessors, reps,
+              sustain_ms > 0 ? (std::to_string(int(sustain_ms)) + " ms of back-to-back runs (steady clock)").c_str()
+                             : "a few warm-up runs");
   cudaStream_t stream;
   BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cublasHandle_t cublas;
@@ -248,7 +258,7 @@ int main(int argc, char** argv) {
   std::vector<LayerResult> results;
   for (int i : parse_list(configs_arg, int(std::size(kConfigs)))) {
     const Config& c = kConfigs[i];
-    const LayerResult r = run_layer(c, RoutingKind::top_k, reps, cublas, stream);
+    const LayerResult r = run_layer(c, RoutingKind::top_k, reps, sustain_ms, cublas, stream);
     std::printf("[%2d] %-4s T=%-5lld d=%-4lld n=%-4lld E=%-3lld K=%-2lld  fwd %6.1f  bwd %6.1f  fwd+bwd %6.1f TFLOPS"
                 "  (%.2f / %.2f / %.2f ms)  bound fwd %6.1f  cached %.3f GiB  peak act. %.3f GiB\n",
                 i, c.model, (long long)c.T, (long long)c.d, (long long)c.n, (long long)c.E, (long long)c.K,
@@ -261,8 +271,8 @@ int main(int argc, char** argv) {
   std::vector<std::pair<LayerResult, LayerResult>> rounding_results;
   if (rounding)
     for (const Config& c : kRoundingConfigs) {
-      const LayerResult tk = run_layer(c, RoutingKind::top_k, reps, cublas, stream);
-      const LayerResult tr = run_layer(c, RoutingKind::token_rounding, reps, cublas, stream);
+      const LayerResult tk = run_layer(c, RoutingKind::top_k, reps, sustain_ms, cublas, stream);
+      const LayerResult tr = run_layer(c, RoutingKind::token_rounding, reps, sustain_ms, cublas, stream);
       std::printf("[TR] T=%lld d=%lld n=%lld E=%lld K=%lld  top-K fwd %.3f ms fwd+bwd %.3f ms | token rounding (nearest, "
                   "M_tile 128, TK=%lld) fwd %.3f ms fwd+bwd %.3f ms | speedup fwd %.2fx fwd+bwd %.2fx\n",
                   (long long)c.T, (long long)c.d, (long long)c.n, (long long)c.E, (long long)c.K, tk.fwd_ms, tk.fwdbwd_ms,
@@ -288,7 +298,8 @@ int main(int argc, char** argv) {
   if (json) {
     FILE* f = std::fopen(json, "w");
     if (!f) { std::fprintf(stderr, "layer_bench: cannot write %s\n", json); return 1; }
-    std::fprintf(f, "{\"card\": \"%s\", \"reps\": %d, \"configs\": [\n", dev.name.c_str(), reps);
+    std::fprintf(f, "{\"card\": \"%s\", \"reps\": %d, \"sustain_ms\": %.0f, \"configs\": [\n", dev.name.c_str(), reps,
+                 sustain_ms);
     auto emit = [&](const LayerResult& r, bool last) {
       const Config& c = *r.config;
       std::fprintf(f,
