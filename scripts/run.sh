@@ -2,7 +2,8 @@
 # The main job, from a fresh clone: set-up, release build, then sonicmoe_main with any flags
 # given here (--help lists them): the CPU reference on a small layer, then, on an sm_90 GPU, the
 # layer benchmark at the 12 configurations of DESIGN.md §5 (bench/layer_bench.cu; results JSON
-# in build/<preset>/layer_bench.json). LAYER_CONFIGS=0,3 picks a subset.
+# in build/<preset>/layer_bench.json). LAYER_CONFIGS=0,3 picks a subset; SUSTAIN_MS=1500 times
+# every pass at the GPU's steady power-limited clock (each runs back to back that long first).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -22,5 +23,6 @@ echo "run.sh: build ($preset preset) took $(( $(date +%s) - start )) s" >&2
 # numbers side by side. Without one, layer_bench says why and exits 0.
 if [ -x "build/$preset/layer_bench" ]; then
   echo
-  "build/$preset/layer_bench" --configs "${LAYER_CONFIGS:-all}" --json "build/$preset/layer_bench.json"
+  "build/$preset/layer_bench" --configs "${LAYER_CONFIGS:-all}" --sustain-ms "${SUSTAIN_MS:-0}" \
+    --json "build/$preset/layer_bench.json"
 fi
