@@ -7,7 +7,9 @@ Backends, all bf16, SwiGLU, top-K routing (router included in the timed region):
               x into grouped order, grouped_mm up-proj, SwiGLU, grouped_mm down-proj, un-permute
               and the score-weighted sum over K (the usual "fast PyTorch" MoE)
 For each: forward and forward+backward (gradients of x, router weight, W1, W2) time (median of
---reps CUDA-event timings after --warmup), TFLOPS with the model-FLOP convention of DESIGN.md §5
+--reps CUDA-event timings after --warmup; with --sustain-ms N each timed function first runs back to
+back for N ms, so it is timed at the GPU's steady power-limited clock as a training job sees it),
+TFLOPS with the model-FLOP convention of DESIGN.md §5
 (forward 6·TK·d·n, forward+backward 18·TK·d·n), and peak memory above the inputs
 (torch.cuda.max_memory_allocated) of the forward (graph kept for a backward) and of
 forward+backward. Writes python_bench.md (table), python_bench.json and python_bench.png (when
@@ -89,7 +91,7 @@ def peak_gib(fn):
     return peak
 
 
-def bench_config(index, backends, routing, tile_m, warmup, reps):
+def bench_config(index, backends, routing, tile_m, warmup, reps, sustain_ms):
     name, T, d, n, E, K, paper_fwd, paper_bwd = CONFIGS[index]
     gen = torch.Generator(device="cuda").manual_seed(index)
     bf = torch.bfloat16
@@ -114,8 +116,8 @@ def bench_config(index, backends, routing, tile_m, warmup, reps):
                     tk = int(layer(x, wr, w1, w2, return_routing=True, **kwargs)[1].expert_offsets[-1])
             forward = lambda: layer(x, wr, w1, w2, **kwargs)  # noqa: E731
             forward_backward = lambda: torch.autograd.grad(forward(), inputs, grad_out)  # noqa: E731
-            fwd_ms = median_ms(forward, warmup, reps)
-            step_ms = median_ms(forward_backward, warmup, reps)
+            fwd_ms = median_ms(forward, warmup, reps, sustain_ms)
+            step_ms = median_ms(forward_backward, warmup, reps, sustain_ms)
             row.update(TK=tk, fwd_ms=fwd_ms, fwd_bwd_ms=step_ms,
                        fwd_tflops=6 * tk * d * n / fwd_ms * 1e-9, fwd_bwd_tflops=18 * tk * d * n / step_ms * 1e-9,
                        peak_fwd_gib=peak_gib(forward), peak_fwd_bwd_gib=peak_gib(forward_backward))
@@ -144,7 +146,9 @@ def format_row(r):
 
 def markdown(result):
     lines = [f"Python layer benchmark — {result['card']}, {result['date']}, torch {result['torch']}, "
-             f"commit {result['commit']}, routing {result['routing']}"
+             f"commit {result['commit']}, routing {result['routing']}, "
+             + (f"timed after {result['sustain_ms']:g} ms back to back (steady clock)" if result.get("sustain_ms")
+                else f"timed after {result['warmup']} warm-up runs")
              + ("" if result.get("complete", True) else " (incomplete run: the rows measured so far)"), "",
              "| model | T | d | n | E | K | backend | fwd TFLOPS | fwd+bwd TFLOPS | fwd ms | fwd+bwd ms | peak fwd GiB | peak fwd+bwd GiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -212,7 +216,11 @@ def main():
     ap.add_argument("--tile-m", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--sustain-ms", type=float, default=0.0,
+                    help="run each timed function back to back this long before timing it (the steady clock)")
     args = ap.parse_args()
+    if args.sustain_ms < 0:
+        sys.exit(f"python_bench: --sustain-ms must be >= 0, got {args.sustain_ms}")
     if not torch.cuda.is_available():
         sys.exit("python_bench: no CUDA device")
     backends = [b for b in args.backends.split(",") if b]
@@ -224,11 +232,13 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     configs = list(range(len(CONFIGS))) if args.configs == "all" else [int(c) for c in args.configs.split(",")]
     result = dict(card=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(), torch=torch.__version__,
-                  commit=git_commit(), routing=args.routing, warmup=args.warmup, reps=args.reps, rows=[])
-    print(f"card: {result['card']}  date {result['date']}  torch {result['torch']}  commit {result['commit']}")
+                  commit=git_commit(), routing=args.routing, warmup=args.warmup, reps=args.reps,
+                  sustain_ms=args.sustain_ms, rows=[])
+    print(f"card: {result['card']}  date {result['date']}  torch {result['torch']}  commit {result['commit']}  "
+          f"sustain_ms {result['sustain_ms']:g}")
     os.makedirs(args.out, exist_ok=True)
     for c in configs:
-        result["rows"] += bench_config(c, backends, args.routing, args.tile_m, args.warmup, args.reps)
+        result["rows"] += bench_config(c, backends, args.routing, args.tile_m, args.warmup, args.reps, args.sustain_ms)
         write_results(result, args.out, final=False)  # a run cut short still leaves its rows
     table = write_results(result, args.out, final=True)
     print("\n" + table)
