@@ -10,7 +10,8 @@
 #            (run call with carry ["build/ab"]); runs every build/ab/*/gemm_bench, alternating
 #            revisions round by round, and prints TFLOPS per role and revision (the best of the
 #            rounds) with each revision's ratio to the first one named at build time, after every
-#            round (a run cut short by a caller's timeout keeps the rounds it finished).
+#            round (a run cut short by a caller's timeout keeps the rounds it finished); every
+#            run's JSON and log come back in $OUT/ab.tgz.
 #            AB_ONLY="rev rev ..." runs only those (names or hashes as built; the first is the base).
 #            AB_BENCH_ARGS="--sustain-ms 2000" is passed to every gemm_bench (revisions that have it).
 #            Budget: one gemm_bench run of all six roles takes ~60 s at shapes 0,1,2 (host-side
@@ -50,8 +51,11 @@ fi
 shapes=${1:-0,1,2}
 rounds=${2:-2}
 roles=${3:-up,down,dh,dw2,dx,dw1}
-out=${OUT:-$root/out}/ab
-mkdir -p "$out"
+# Per-run JSON and logs stay beside the builds; the device tool brings back at most 8 files from
+# $OUT, so they go there as one archive (ab.tgz) after every round.
+out=$root/build/ab-runs
+rm -rf "$out"
+mkdir -p "$out" "${OUT:-$root/out}"
 order=$ab/order
 if [ -n "${AB_ONLY:-}" ]; then
   order=$out/order
@@ -101,4 +105,5 @@ for r in $(seq 1 "$rounds"); do
   done
   echo "== ab.sh: after round $r of $rounds =="
   summarize "$r"
+  tar czf "${OUT:-$root/out}/ab.tgz" -C "$out" .
 done
